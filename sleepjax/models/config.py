@@ -1,0 +1,136 @@
+"""Model and sleep hyper-parameters as frozen, validated dataclasses.
+
+These are the static (hashable) arguments of the model; the experiment ConfigDicts in
+``experiments/`` are converted to them with ``from_dict`` so that a bad value fails with an
+error naming the config key before anything is traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+_DTYPES = ("float32", "bfloat16")
+_GDN_IMPLS = ("recurrent", "chunked", "pallas")
+_EVICTIONS = ("hard", "sliding")
+
+
+def _fail(prefix: str, field: str, msg: str, value: Any) -> ValueError:
+    return ValueError(f"{prefix}.{field}: {msg} (got {value!r})")
+
+
+def _check_positive_int(prefix, name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(prefix, name, "must be a positive int", value)
+
+
+def _from_dict(cls, prefix: str, values: Mapping[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{prefix}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    return cls(**dict(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the hybrid attention / Gated DeltaNet stack."""
+
+    vocab_size: int
+    d_model: int = 256
+    layer_pattern: str = "AGAG"      # A = sliding-window attention block, G = Gated DeltaNet block
+    attn_heads: int = 4
+    attn_head_dim: int = 64
+    gdn_heads: int = 4
+    gdn_head_dim: int = 64           # K, the key dimension of each fast-weight matrix
+    gdn_expand_v: int = 1            # V = K * gdn_expand_v
+    mlp_hidden: int = 0              # 0 means round_up(8/3 * d_model, 64) (SwiGLU)
+    conv_size: int = 4               # causal depthwise short convolution on q, k, v
+    tie_embeddings: bool = True
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    gdn_impl: str = "chunked"        # fast-weight op implementation (sleepjax.ops.IMPLS)
+    gdn_chunk_size: int = 64
+    dtype: str = "float32"           # activation / matmul dtype; fast weights stay float32
+
+    def __post_init__(self):
+        p = "model"
+        for name in ("vocab_size", "d_model", "attn_heads", "attn_head_dim", "gdn_heads",
+                     "gdn_head_dim", "gdn_expand_v", "conv_size", "gdn_chunk_size"):
+            _check_positive_int(p, name, getattr(self, name))
+        if isinstance(self.mlp_hidden, bool) or not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 0:
+            raise _fail(p, "mlp_hidden", "must be an int >= 0 (0 = default 8/3 d_model)", self.mlp_hidden)
+        pattern = self.layer_pattern
+        if not isinstance(pattern, str) or not pattern or set(pattern) - {"A", "G"}:
+            raise _fail(p, "layer_pattern", "must be a non-empty string of 'A' and 'G'", pattern)
+        if "G" not in pattern:
+            raise _fail(p, "layer_pattern", "needs at least one 'G' block: only fast weights cross a "
+                        "window boundary, so a model without one cannot remember anything", pattern)
+        if self.gdn_impl not in _GDN_IMPLS:
+            raise _fail(p, "gdn_impl", f"must be one of {_GDN_IMPLS}", self.gdn_impl)
+        if self.dtype not in _DTYPES:
+            raise _fail(p, "dtype", f"must be one of {_DTYPES}", self.dtype)
+        if not isinstance(self.tie_embeddings, bool):
+            raise _fail(p, "tie_embeddings", "must be a bool", self.tie_embeddings)
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise _fail(p, name, "must be a positive number", value)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_pattern)
+
+    @property
+    def gdn_value_dim(self) -> int:
+        return self.gdn_head_dim * self.gdn_expand_v
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return -(-(8 * self.d_model // 3) // 64) * 64
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, "model", values)
+
+
+@dataclasses.dataclass(frozen=True)
+class SleepConfig:
+    """How the model consolidates a full window into its fast weights (Algorithm 1)."""
+
+    window: int = 24                 # L: tokens held by attention before a sleep
+    passes: int = 1                  # N: passes over a full window, the wake pass included
+    eviction: str = "hard"           # "hard": clear the KV cache; "sliding": keep the last L-1 tokens
+    loop_range: tuple[int, int] | None = None   # blocks [start, end) re-run by sleep passes; None = all
+    remat: bool = True               # rematerialise each sleep pass (memory flat in N)
+
+    def __post_init__(self):
+        p = "sleep"
+        _check_positive_int(p, "window", self.window)
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
+            raise _fail(p, "passes", "must be an int >= 1 (1 = the plain hybrid, no extra passes)",
+                        self.passes)
+        if self.eviction not in _EVICTIONS:
+            raise _fail(p, "eviction", f"must be one of {_EVICTIONS}", self.eviction)
+        if self.loop_range is not None:
+            lr = tuple(self.loop_range)
+            if len(lr) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr) \
+                    or not 0 <= lr[0] < lr[1]:
+                raise _fail(p, "loop_range", "must be None or (start, end) with 0 <= start < end", self.loop_range)
+            object.__setattr__(self, "loop_range", lr)
+        if not isinstance(self.remat, bool):
+            raise _fail(p, "remat", "must be a bool", self.remat)
+
+    def resolved_loop_range(self, num_layers: int) -> tuple[int, int]:
+        if self.loop_range is None:
+            return (0, num_layers)
+        if self.loop_range[1] > num_layers:
+            raise _fail("sleep", "loop_range", f"end must be <= the number of layers ({num_layers})",
+                        self.loop_range)
+        return self.loop_range
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "SleepConfig":
+        return _from_dict(cls, "sleep", values)
