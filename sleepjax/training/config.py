@@ -1,0 +1,280 @@
+"""Experiment configuration: the ConfigDict layout and its single validation point.
+
+An experiment is an ``ml_collections.ConfigDict`` with six sections:
+
+* ``task``  -- the data generator's settings (``sleepjax.data.task_config``),
+* ``model`` -- :class:`sleepjax.models.config.ModelConfig` fields, except ``vocab_size``,
+  which is the task tokenizer's,
+* ``sleep`` -- :class:`sleepjax.models.config.SleepConfig` fields (``window`` may be left
+  ``None``: the task's natural window is used),
+* ``optim`` -- :class:`OptimConfig` fields,
+* ``train`` -- :class:`TrainConfig` fields,
+* ``mesh``  -- device-mesh settings (``sleepjax.partitioning``).
+
+:func:`validate_config` checks every section before anything is built or traced and raises
+one ``ValueError`` naming the full key (``sleep.window``, ``task.t``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import ml_collections
+
+from sleepjax.models.config import ModelConfig, SleepConfig
+
+SECTIONS = ("task", "model", "sleep", "optim", "train", "mesh")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bad(key: str, msg: str, value: Any) -> ValueError:
+    return ValueError(f"{key}: {msg} (got {value!r})")
+
+
+def _section_from_dict(cls, prefix: str, values: Mapping[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{prefix}: unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; "
+                         f"known keys are {sorted(known)}")
+    return cls(**dict(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Muon (hidden matrices) + AdamW (everything else), clipping and a warmup-stable-decay schedule.
+
+    Both learning rates follow the same schedule multiplier: linear warm-up from 0 over
+    ``warmup_fraction`` of the steps, constant, then linear decay to ``min_lr_ratio`` times the
+    peak over the last ``decay_fraction`` of the steps.
+    """
+
+    muon_lr: float = 2e-3
+    adam_lr: float = 5e-5
+    muon_beta: float = 0.95          # Muon momentum
+    muon_ns_steps: int = 5           # Newton-Schulz iterations
+    weight_decay: float = 1e-4       # Muon group
+    adam_weight_decay: float = 1e-4  # AdamW group
+    adam_b1: float = 0.9
+    adam_b2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_norm: float = 1.0           # global-norm clipping; 0 disables it
+    warmup_fraction: float = 0.0025
+    decay_fraction: float = 0.6
+    min_lr_ratio: float = 1e-3
+
+    def __post_init__(self):
+        p = "optim"
+        for name in ("muon_lr", "adam_lr"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value > 0 or not math.isfinite(value):
+                raise _bad(f"{p}.{name}", "must be a positive finite number", value)
+        for name in ("weight_decay", "adam_weight_decay", "clip_norm", "adam_eps"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0 or not math.isfinite(value):
+                raise _bad(f"{p}.{name}", "must be a finite number >= 0", value)
+        for name in ("muon_beta", "adam_b1", "adam_b2"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < 1:
+                raise _bad(f"{p}.{name}", "must be in [0, 1)", value)
+        if not _is_int(self.muon_ns_steps) or self.muon_ns_steps < 1:
+            raise _bad(f"{p}.muon_ns_steps", "must be a positive int", self.muon_ns_steps)
+        for name in ("warmup_fraction", "decay_fraction", "min_lr_ratio"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise _bad(f"{p}.{name}", "must be in [0, 1]", value)
+        if self.warmup_fraction + self.decay_fraction > 1:
+            raise _bad(f"{p}.warmup_fraction", "warmup_fraction + decay_fraction must be <= 1",
+                       (self.warmup_fraction, self.decay_fraction))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "OptimConfig":
+        return _section_from_dict(cls, "optim", values)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Length, batch, seeds, and how often to log, evaluate and checkpoint."""
+
+    steps: int = 100
+    batch_size: int = 32             # global batch, in sequences
+    seed: int = 0                    # parameter init and data order
+    log_every: int = 10
+    eval_every: int = 0              # 0: evaluate only at the end
+    eval_examples: int = 256         # held-out test examples per evaluation
+    eval_batch_size: int = 64
+    checkpoint_every: int = 50       # 0: only at the end
+    keep_checkpoints: int = 2        # the last K checkpoints are kept
+    async_checkpointing: bool = True
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        p = "train"
+        for name in ("steps", "batch_size", "eval_examples", "eval_batch_size", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise _bad(f"{p}.{name}", "must be a positive int", value)
+        for name in ("seed", "log_every", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise _bad(f"{p}.{name}", "must be an int >= 0", value)
+        if self.log_every == 0:
+            raise _bad(f"{p}.log_every", "must be a positive int", self.log_every)
+        for name in ("async_checkpointing", "progress_bar"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(f"{p}.{name}", "must be a bool", getattr(self, name))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        return _section_from_dict(cls, "train", values)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedConfig:
+    """Validated, typed view of an experiment ConfigDict (see :func:`validate_config`)."""
+
+    task: ml_collections.ConfigDict  # validated by the data package; read-only use
+    model: ModelConfig
+    sleep: SleepConfig
+    optim: OptimConfig
+    train: TrainConfig
+    mesh: ml_collections.ConfigDict
+    seq_len: int                     # T of every example of the task
+    data_parallel_size: int          # devices the batch is split over
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The section skeleton with defaults for model/sleep/optim/train/mesh (task left empty).
+
+    Experiment files fill ``task`` with ``sleepjax.data.task_config(...)`` and override fields.
+    ``sleep.window`` is a typed placeholder so that ``--config.sleep.window=24`` works on the
+    command line; ``None`` means the task's natural window.
+    """
+    from sleepjax import partitioning  # local: keeps this module importable on its own
+
+    model_defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+                      if f.name != "vocab_size"}
+    sleep_defaults = {f.name: f.default for f in dataclasses.fields(SleepConfig)}
+    sleep_defaults["window"] = ml_collections.config_dict.placeholder(int)
+    sleep_defaults["loop_range"] = ml_collections.config_dict.placeholder(tuple)
+    cfg = ml_collections.ConfigDict()
+    cfg.task = ml_collections.ConfigDict()
+    cfg.model = ml_collections.ConfigDict(model_defaults)
+    cfg.sleep = ml_collections.ConfigDict(sleep_defaults)
+    cfg.optim = ml_collections.ConfigDict(dataclasses.asdict(OptimConfig()))
+    cfg.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
+    cfg.mesh = partitioning.mesh_config_defaults()
+    return cfg
+
+
+def _as_dict(section) -> dict:
+    if isinstance(section, ml_collections.ConfigDict):
+        return section.to_dict()
+    if isinstance(section, Mapping):
+        return dict(section)
+    raise TypeError(f"expected a ConfigDict or mapping, got {type(section).__name__}")
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> ResolvedConfig:
+    """Check every section of an experiment config; return the typed, resolved configs.
+
+    Raises one ``ValueError`` naming the full key for: unknown keys (in any section),
+    wrong types, impossible values (e.g. ``sleep.window`` > the task's sequence length,
+    ``sleep.passes`` < 1, a batch not divisible by the data-parallel size), a task field
+    that belongs to another task. Builds no model and traces nothing.
+    """
+    from sleepjax import data, partitioning
+
+    if not isinstance(cfg, (ml_collections.ConfigDict, Mapping)):
+        raise ValueError(f"config: expected an ml_collections.ConfigDict, got {type(cfg).__name__}")
+    keys = set(cfg.keys())
+    unknown = sorted(keys - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"config: unknown section(s) {unknown}; known sections are {list(SECTIONS)}")
+    missing = [s for s in SECTIONS if s not in keys]
+    if missing:
+        raise ValueError(f"config: missing section(s) {missing}")
+
+    task_cfg = cfg["task"]
+    data.validate_task_config(task_cfg)
+
+    model_values = _as_dict(cfg["model"])
+    if "vocab_size" in model_values:
+        raise ValueError("model.vocab_size: is set by the task's tokenizer; remove it from the config")
+    sleep_values = _as_dict(cfg["sleep"])
+    window_from_task = sleep_values.get("window") is None
+    if window_from_task:
+        sleep_values["window"] = data.default_window(task_cfg)
+    if isinstance(sleep_values.get("loop_range"), list):
+        sleep_values["loop_range"] = tuple(sleep_values["loop_range"])
+    optim = OptimConfig.from_dict(_as_dict(cfg["optim"]))
+    train = TrainConfig.from_dict(_as_dict(cfg["train"]))
+    sleep = SleepConfig.from_dict(sleep_values)
+
+    source = data.make_source(task_cfg, "train", train.seed)
+    model = ModelConfig.from_dict({**model_values, "vocab_size": int(source.vocab_size)})
+    sleep.resolved_loop_range(model.num_layers)  # raises naming sleep.loop_range
+    seq_len = int(source.seq_len)
+    if sleep.window > seq_len:
+        raise ValueError(f"sleep.window: must be <= the task's sequence length {seq_len} "
+                         f"(got {sleep.window})")
+
+    mesh_cfg = cfg["mesh"]
+    mesh_shape = partitioning.validate_mesh_config(mesh_cfg)
+    dp = mesh_shape["data"] * mesh_shape["fsdp"]   # the batch is split over both
+    if train.batch_size % dp:
+        raise ValueError(f"train.batch_size: must be divisible by the data-parallel size {dp} "
+                         f"(got {train.batch_size})")
+    if train.eval_batch_size % dp:
+        raise ValueError(f"train.eval_batch_size: must be divisible by the data-parallel size {dp} "
+                         f"(got {train.eval_batch_size})")
+    return ResolvedConfig(task=task_cfg, model=model, sleep=sleep, optim=optim, train=train,
+                          mesh=mesh_cfg, seq_len=seq_len, data_parallel_size=dp)
+
+
+# Keys that may differ between a checkpoint's config and the config resuming from it: they
+# change how long / how visibly the run goes, not what the saved state means.
+RESUMABLE_KEYS = (
+    "train.steps", "train.log_every", "train.eval_every", "train.eval_examples",
+    "train.eval_batch_size", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.async_checkpointing", "train.progress_bar",
+)
+RESUMABLE_PREFIXES = ("mesh.",)   # a checkpoint restores onto any mesh
+
+
+def flatten_config(cfg) -> dict[str, Any]:
+    """``{"section.key": value}`` for a (nested) ConfigDict or dict; tuples become lists (JSON-like)."""
+    flat: dict[str, Any] = {}
+
+    def visit(prefix, node):
+        if isinstance(node, (ml_collections.ConfigDict, Mapping)):
+            items = node.items()
+            for k, v in items:
+                visit(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = list(node) if isinstance(node, tuple) else node
+
+    visit("", cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg)
+    return flat
+
+
+def config_differences(saved, current) -> list[str]:
+    """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`."""
+    a, b = flatten_config(saved), flatten_config(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            diffs.append(f"{key}: checkpoint has {a.get(key, '<absent>')!r}, "
+                         f"config has {b.get(key, '<absent>')!r}")
+    return diffs

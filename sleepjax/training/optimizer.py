@@ -1,0 +1,104 @@
+"""The paper's optimiser: Muon for hidden weight matrices, AdamW for the rest.
+
+Following McLeish et al. (whom the paper follows), the Muon group holds every hidden 2-D
+weight matrix; embeddings, the LM head, norm scales, biases, the short-convolution kernels and
+the Gated DeltaNet decay parameters (``A_log``, ``dt_bias``) go to AdamW. The global gradient
+norm is clipped first, and both learning rates follow one warmup-stable-decay multiplier.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+from optax import contrib as optax_contrib
+
+from sleepjax.training.config import OptimConfig
+
+MUON = "muon"
+ADAMW = "adamw"
+
+# Path components that mark a parameter as not a hidden matrix: the input embedding and the
+# LM head (exact names), anything inside a short convolution or a norm (substrings), and
+# the non-matrix leaves.
+_ADAMW_MODULES = ("embed", "head")
+_ADAMW_MODULE_TAGS = ("conv", "norm")
+_ADAMW_LEAVES = ("A_log", "dt_bias", "bias", "scale", "embedding")
+
+
+def _path_names(path) -> tuple[str, ...]:
+    names = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                names.append(str(getattr(entry, attr)))
+                break
+        else:
+            names.append(str(entry))
+    return tuple(names)
+
+
+def label_for(path_names: tuple[str, ...], ndim: int) -> str:
+    """``"muon"`` for a hidden 2-D weight matrix, ``"adamw"`` for anything else."""
+    if ndim != 2:
+        return ADAMW
+    if path_names and path_names[-1] in _ADAMW_LEAVES:
+        return ADAMW
+    if any(name in _ADAMW_MODULES for name in path_names):
+        return ADAMW
+    lowered = [name.lower() for name in path_names]
+    if any(tag in name for name in lowered for tag in _ADAMW_MODULE_TAGS):
+        return ADAMW
+    return MUON
+
+
+def param_labels(params) -> Any:
+    """A pytree like ``params`` whose leaves are ``"muon"`` or ``"adamw"`` (see :func:`label_for`)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: label_for(_path_names(path), len(leaf.shape)), params)
+
+
+def warmup_stable_decay(peak: float, total_steps: int, warmup_fraction: float,
+                        decay_fraction: float, min_lr_ratio: float) -> optax.Schedule:
+    """Linear warm-up 0 -> ``peak``, constant ``peak``, linear decay to ``min_lr_ratio * peak``.
+
+    The phases take ``round(warmup_fraction * total_steps)``, the remainder and
+    ``round(decay_fraction * total_steps)`` steps; step ``total_steps`` is at the floor.
+    """
+    if total_steps < 1:
+        raise ValueError(f"train.steps: must be a positive int (got {total_steps})")
+    warmup = int(round(warmup_fraction * total_steps))
+    decay = int(round(decay_fraction * total_steps))
+    stable = max(total_steps - warmup - decay, 0)
+    floor = peak * min_lr_ratio
+    pieces, boundaries = [], []
+    if warmup:
+        pieces.append(optax.linear_schedule(0.0, peak, warmup))
+        boundaries.append(warmup)
+    pieces.append(optax.constant_schedule(peak))
+    if decay:
+        boundaries.append(warmup + stable)
+        pieces.append(optax.linear_schedule(peak, floor, decay))
+    return optax.join_schedules(pieces, boundaries)
+
+
+def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """Clip by global norm, then Muon on ``"muon"``-labelled leaves and AdamW on the rest."""
+    def schedule(peak):
+        return warmup_stable_decay(peak, total_steps, optim.warmup_fraction,
+                                   optim.decay_fraction, optim.min_lr_ratio)
+
+    # Every leaf handed to this Muon is 2-D (the labels guarantee it), so its built-in
+    # Adam fallback for non-matrix leaves stays empty.
+    muon = optax_contrib.muon(
+        learning_rate=schedule(optim.muon_lr), ns_steps=optim.muon_ns_steps, beta=optim.muon_beta,
+        weight_decay=optim.weight_decay)
+    adamw = optax.adamw(
+        learning_rate=schedule(optim.adam_lr), b1=optim.adam_b1, b2=optim.adam_b2,
+        eps=optim.adam_eps, weight_decay=optim.adam_weight_decay)
+    parts = []
+    if optim.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(optim.clip_norm))
+    parts.append(optax.multi_transform({MUON: muon, ADAMW: adamw}, param_labels))
+    return optax.chain(*parts)

@@ -1,0 +1,76 @@
+"""One optimisation step as a pure function ``train_step(state, batch) -> (state, metrics)``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sleepjax.training.state import TrainState
+
+TRAIN_BATCH_KEYS = ("inputs", "targets", "loss_mask")
+
+
+def answer_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array):
+    """Cross-entropy summed over answer tokens divided by their number; also token accuracy.
+
+    Returns ``(loss, (token_accuracy, answer_tokens))``; a batch without answer tokens has
+    loss 0 rather than NaN.
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    mask = loss_mask.astype(jnp.float32)
+    count = jnp.sum(mask)
+    denom = jnp.maximum(count, 1.0)
+    loss = jnp.sum(ce * mask) / denom
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return loss, (jnp.sum(correct * mask) / denom, count)
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """Build ``train_step(state, batch)`` for ``model`` (a flax Module) and ``optimizer``.
+
+    ``batch`` holds ``inputs``, ``targets`` (int32 [B, T]) and ``loss_mask`` (float32 [B, T]).
+    If the loss or the gradient norm is not finite, the returned state is the input state
+    unchanged and ``metrics["finite"]`` is False: the host loop stops the run and the bad
+    update is never applied (nor saved).
+    """
+
+    def loss_fn(params, batch):
+        logits = model.apply({"params": params}, batch["inputs"])
+        return answer_loss(logits, batch["targets"], batch["loss_mask"])
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng, _ = jax.random.split(state.rng)  # the model is deterministic; the stream still advances
+        (loss, (token_accuracy, answer_tokens)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params, batch)
+        grad_norm = optax.global_norm(grads)
+        loss_finite = jnp.isfinite(loss)
+        grad_finite = jnp.isfinite(grad_norm)
+        finite = loss_finite & grad_finite
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        stepped = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "token_accuracy": token_accuracy,
+                   "answer_tokens": answer_tokens, "loss_finite": loss_finite,
+                   "grad_finite": grad_finite}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model) -> Callable[[dict, dict], dict]:
+    """Build ``eval_step(params, batch) -> {"correct": bool [B, T], "loss_sum", "answer_tokens"}``."""
+
+    def eval_step(params, batch):
+        logits = model.apply({"params": params}, batch["inputs"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                             batch["targets"])
+        mask = batch["loss_mask"].astype(jnp.float32)
+        correct = jnp.argmax(logits, axis=-1) == batch["targets"]
+        return {"correct": correct, "loss_sum": jnp.sum(ce * mask), "answer_tokens": jnp.sum(mask)}
+
+    return eval_step
