@@ -1,0 +1,59 @@
+"""Declarative task-config fields: default, type and doc, with one type checker for all tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+# Field kinds.
+INT = "int"
+BOOL = "bool"
+INTS = "tuple of ints"
+STR = "str"
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    default: Any
+    kind: str
+    doc: str
+
+
+def fail(key: str, message: str, value: Any) -> ValueError:
+    """The one error format of task configs: ``task.<key>: <message> (got <value>)``."""
+    return ValueError(f"task.{key}: {message} (got {value!r})")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def coerce(key: str, field: Field, value: Any) -> Any:
+    """Checks ``value`` against the field's kind and returns it as a plain Python value."""
+    if field.kind == INT:
+        if not is_int(value):
+            raise fail(key, "must be an int", value)
+        return int(value)
+    if field.kind == BOOL:
+        if not isinstance(value, (bool, np.bool_)):
+            raise fail(key, "must be a bool", value)
+        return bool(value)
+    if field.kind == INTS:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise fail(key, "must be a tuple of ints", value)
+        items = tuple(value)
+        if not items or not all(is_int(v) for v in items):
+            raise fail(key, "must be a non-empty tuple of ints", value)
+        return tuple(int(v) for v in items)
+    if field.kind == STR:
+        if not isinstance(value, str):
+            raise fail(key, "must be a str", value)
+        return value
+    raise AssertionError(f"unknown field kind {field.kind!r}")
+
+
+def require(condition: bool, key: str, message: str, value: Any) -> None:
+    if not condition:
+        raise fail(key, message, value)
