@@ -66,6 +66,9 @@ class ModelConfig:
         if "G" not in pattern:
             raise _fail(p, "layer_pattern", "needs at least one 'G' block: only fast weights cross a "
                         "window boundary, so a model without one cannot remember anything", pattern)
+        if self.attn_head_dim % 2:
+            raise _fail(p, "attn_head_dim", "must be even (RoPE rotates pairs of features)",
+                        self.attn_head_dim)
         if self.gdn_impl not in _GDN_IMPLS:
             raise _fail(p, "gdn_impl", f"must be one of {_GDN_IMPLS}", self.gdn_impl)
         if self.dtype not in _DTYPES:
@@ -105,6 +108,9 @@ class SleepConfig:
     eviction: str = "hard"           # "hard": clear the KV cache; "sliding": keep the last L-1 tokens
     loop_range: tuple[int, int] | None = None   # blocks [start, end) re-run by sleep passes; None = all
     remat: bool = True               # rematerialise each sleep pass (memory flat in N)
+    # Sliding eviction only: whether sleep passes 2..N also attend to the previous window's
+    # wake-pass K/V (the paper leaves this open, PAPER.md 4.4). False = within-window only.
+    sleep_sees_previous_window: bool = False
 
     def __post_init__(self):
         p = "sleep"
@@ -122,6 +128,8 @@ class SleepConfig:
             object.__setattr__(self, "loop_range", lr)
         if not isinstance(self.remat, bool):
             raise _fail(p, "remat", "must be a bool", self.remat)
+        if not isinstance(self.sleep_sees_previous_window, bool):
+            raise _fail(p, "sleep_sees_previous_window", "must be a bool", self.sleep_sees_previous_window)
 
     def resolved_loop_range(self, num_layers: int) -> tuple[int, int]:
         if self.loop_range is None:

@@ -1,0 +1,268 @@
+"""Streaming inference: wake one token at a time, sleep when the window fills.
+
+What "wake" and "sleep" mean for a user:
+
+* :func:`wake_step` consumes one token per batch row and returns the next-token logits. It runs
+  the full stack once (attention over the current window's KV cache, GDN layers with the T=1
+  recurrent update from their fast weights and short-conv cache). Its cost does not depend on
+  how much context came before: the state has a fixed size.
+* :func:`sleep` runs passes 2..N over the window just filled (the stored wake-pass outputs of
+  block ``loop_end - 1`` are the input of pass 2), using the same parallel window code as
+  training, then evicts: the KV and conv caches are cleared and the position reset; under
+  sliding eviction the last ``L-1`` keys/values are kept as the previous window.
+* :func:`step` = :func:`wake_step`, then :func:`sleep` if that token filled the window (a
+  ``lax.cond``, one jitted function). :func:`feed` scans :func:`step` over a token block and
+  :func:`generate` samples a continuation, reporting where sleeps fired.
+
+Feeding a sequence through :func:`step` gives the same logits as
+``SleepLM.apply(params, tokens)`` (``tests/test_inference_stream.py``): training sleeps after a
+full window only if more tokens follow, which is exactly when the streaming sleep's effect is
+observable.
+
+The state is a :class:`StreamState` pytree of fixed-shape arrays (batch rows move in lockstep);
+it round-trips through ``flax.serialization.to_state_dict`` / ``from_state_dict`` (and orbax).
+All functions are pure: ``(params, state, inputs) -> (outputs, state)``; the configs are static.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleepjax.models import layers
+from sleepjax.models.config import ModelConfig, SleepConfig
+from sleepjax.models.sleep_lm import (attn_layer_names, block_name, embed, evict, gdn_layer_names,
+                                      output_logits, sleep_passes, zero_fast_weights,
+                                      zero_previous_window_kv)
+from sleepjax.models.validation import check_configs
+
+_STATIC = ("model_cfg", "sleep_cfg")
+
+
+@flax.struct.dataclass
+class StreamState:
+    """Everything a streaming model remembers between tokens (all arrays, fixed shapes).
+
+    Attributes:
+      fast_weights: ``{blocks_i: [B, H, K, V] float32}`` per GDN layer; the only long-term memory.
+      conv_cache: ``{blocks_i: [B, conv_size-1, 2HK+HV]}`` pre-conv q|k|v of the window's last
+        tokens per GDN layer (zeros at a window start).
+      kv_cache: ``{blocks_i: (k, v) [B, L, H, D]}`` the current window's rotated keys and values
+        per attention layer; slots ``>= position`` are unused.
+      prev_kv: sliding eviction only: ``{blocks_i: (k, v) [B, L-1, H, D]}`` the previous window's
+        last ``L-1`` tokens (keys rotated to positions ``-(L-1)..-1``); ``{}`` under hard eviction.
+      has_prev: bool scalar, True once a window boundary has been crossed.
+      loop_input: ``[B, L, d]`` the wake pass's outputs of block ``loop_end-1`` for this window,
+        the input of the first sleep pass.
+      position: int32 scalar, number of tokens of the current window already consumed.
+    """
+
+    fast_weights: dict
+    conv_cache: dict
+    kv_cache: dict
+    prev_kv: dict
+    has_prev: jax.Array
+    loop_input: jax.Array
+    position: jax.Array
+
+
+def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) -> StreamState:
+    """A fresh state (S = 0, empty caches, position 0) for ``batch_size`` streams."""
+    check_configs(model_cfg, sleep_cfg)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: must be a positive int, got {batch_size!r}")
+    dt = layers.compute_dtype(model_cfg)
+    window = sleep_cfg.window
+    conv_channels = model_cfg.gdn_heads * (2 * model_cfg.gdn_head_dim + model_cfg.gdn_value_dim)
+    conv_shape = (batch_size, model_cfg.conv_size - 1, conv_channels)
+    kv_shape = (batch_size, window, model_cfg.attn_heads, model_cfg.attn_head_dim)
+    return StreamState(
+        fast_weights=zero_fast_weights(model_cfg, batch_size),
+        conv_cache={name: jnp.zeros(conv_shape, dt) for name in gdn_layer_names(model_cfg)},
+        kv_cache={name: (jnp.zeros(kv_shape, dt), jnp.zeros(kv_shape, dt))
+                  for name in attn_layer_names(model_cfg)},
+        prev_kv=zero_previous_window_kv(model_cfg, sleep_cfg, batch_size),
+        has_prev=jnp.asarray(False),
+        loop_input=jnp.zeros((batch_size, window, model_cfg.d_model), dt),
+        position=jnp.asarray(0, jnp.int32),
+    )
+
+
+def _batch_size(state: StreamState) -> int:
+    return state.loop_input.shape[0]
+
+
+def _check_token(token, state):
+    shape = tuple(getattr(token, "shape", ()))
+    if shape != (_batch_size(state),):
+        raise ValueError(f"token: must have shape [batch={_batch_size(state)}] (one id per stream), "
+                         f"got shape {shape}")
+    if not np.issubdtype(np.dtype(token.dtype), np.integer):
+        raise ValueError(f"token: must be integer ids, got dtype {token.dtype}")
+
+
+# ----------------------------------------------------------------------------- pure cores
+
+def _wake_step(params, state: StreamState, token, model_cfg, sleep_cfg):
+    _, loop_end = sleep_cfg.resolved_loop_range(model_cfg.num_layers)
+    pos = state.position
+    fast, conv, kv = dict(state.fast_weights), dict(state.conv_cache), dict(state.kv_cache)
+    loop_input = state.loop_input
+    h = embed(params, token, model_cfg)                                      # [B, d]
+    for i, kind in enumerate(model_cfg.layer_pattern):
+        name = block_name(i)
+        p = params[name]
+        x = layers.rms_norm(h, p["mixer_norm"]["scale"], model_cfg.norm_eps)
+        if kind == "A":
+            prev = state.prev_kv.get(name)
+            out, kv[name] = layers.attention_step(p["attn"], x, model_cfg, kv[name], pos, prev,
+                                                  state.has_prev)
+        else:
+            out, fast[name], conv[name] = layers.gdn_step(p["gdn"], x, fast[name], conv[name], model_cfg)
+        h = h + out
+        h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["mlp_norm"]["scale"], model_cfg.norm_eps),
+                           model_cfg)
+        if i == loop_end - 1:
+            loop_input = jax.lax.dynamic_update_slice_in_dim(
+                loop_input, h[:, None, :].astype(loop_input.dtype), pos, 1)
+    logits = output_logits(params, h, model_cfg)
+    state = state.replace(fast_weights=fast, conv_cache=conv, kv_cache=kv, loop_input=loop_input,
+                          position=pos + 1)
+    return logits, state
+
+
+def _sleep(params, state: StreamState, model_cfg, sleep_cfg):
+    prev = state.prev_kv or None
+    fast = sleep_passes(params, state.loop_input, state.fast_weights, model_cfg, sleep_cfg,
+                        prev, state.has_prev)
+    fast, prev_kv = evict(fast, state.kv_cache, model_cfg, sleep_cfg)
+    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
+    return StreamState(fast_weights=fast, conv_cache=zeros(state.conv_cache),
+                       kv_cache=zeros(state.kv_cache), prev_kv=prev_kv,
+                       has_prev=jnp.asarray(True), loop_input=zeros(state.loop_input),
+                       position=jnp.zeros_like(state.position))
+
+
+def _step(params, state, token, model_cfg, sleep_cfg):
+    logits, state = _wake_step(params, state, token, model_cfg, sleep_cfg)
+    full = state.position == sleep_cfg.window
+    state = jax.lax.cond(full, lambda s: _sleep(params, s, model_cfg, sleep_cfg), lambda s: s, state)
+    return logits, state, full
+
+
+def _feed(params, state, tokens, model_cfg, sleep_cfg):
+    def body(state, token):
+        logits, state, slept = _step(params, state, token, model_cfg, sleep_cfg)
+        return state, (logits, slept)
+    state, (logits, slept) = jax.lax.scan(body, state, tokens.T)
+    return logits.swapaxes(0, 1), state, slept
+
+
+def _sample(logits, rng, temperature):
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, logits / temperature, axis=-1).astype(jnp.int32)
+
+
+def _generate_loop(params, state, logits, rng, model_cfg, sleep_cfg, max_new_tokens, temperature):
+    def body(carry, _):
+        state, logits, rng = carry
+        rng, sub = jax.random.split(rng)
+        token = _sample(logits, sub, temperature)
+        logits, state, slept = _step(params, state, token, model_cfg, sleep_cfg)
+        return (state, logits, rng), (token, slept)
+    (state, logits, _), (tokens, slept) = jax.lax.scan(body, (state, logits, rng), None,
+                                                        length=max_new_tokens)
+    return tokens.T, state, slept, logits
+
+
+_wake_step_jit = jax.jit(_wake_step, static_argnames=_STATIC)
+_sleep_jit = jax.jit(_sleep, static_argnames=_STATIC)
+_step_jit = jax.jit(_step, static_argnames=_STATIC)
+_feed_jit = jax.jit(_feed, static_argnames=_STATIC)
+_generate_loop_jit = jax.jit(_generate_loop, static_argnames=_STATIC + ("max_new_tokens", "temperature"))
+
+
+# ----------------------------------------------------------------------------- public API
+
+def wake_step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
+    """Consume one token per stream (``token [B]`` int) -> ``(logits [B, vocab] f32, state)``.
+
+    Requires ``state.position < L`` (a window that is not full); :func:`step` guarantees it by
+    sleeping as soon as a window fills. Jit-compiled (configs are static).
+    """
+    _check_token(token, state)
+    return _wake_step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+
+
+def sleep(params, state: StreamState, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig) -> StreamState:
+    """Consolidate the full window into the fast weights (passes 2..N), then evict.
+
+    Requires a full window (``state.position == L``); with N = 1 only the eviction happens.
+    """
+    if not isinstance(state.position, jax.core.Tracer) and int(state.position) != sleep_cfg.window:
+        raise ValueError(f"state.position: sleep needs a full window (position == window = "
+                         f"{sleep_cfg.window}), got position {int(state.position)}")
+    return _sleep_jit(params, state, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+
+
+def step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
+    """:func:`wake_step`, then :func:`sleep` if this token filled the window.
+
+    Returns ``(logits [B, vocab], state, slept)`` where ``slept`` is a bool scalar.
+    """
+    _check_token(token, state)
+    return _step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+
+
+def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
+    """:func:`step` over ``tokens [B, T]`` (one jitted scan).
+
+    Returns ``(logits [B, T, vocab], state, slept [T] bool)``; ``slept[i]`` is True when a sleep
+    fired right after token ``i``.
+    """
+    shape = tuple(getattr(tokens, "shape", ()))
+    if len(shape) != 2 or shape[0] != _batch_size(state) or shape[1] < 1:
+        raise ValueError(f"tokens: must have shape [batch={_batch_size(state)}, T>=1], got {shape}")
+    from sleepjax.models.validation import validate_tokens
+    validate_tokens(tokens, model_cfg.vocab_size)
+    return _feed_jit(params, state, jnp.asarray(tokens), model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+
+
+class GenerateResult(NamedTuple):
+    tokens: jax.Array            # [B, P + max_new_tokens]: the prompt followed by the samples
+    sleep_positions: list        # indices i into `tokens` after which a sleep fired
+    state: StreamState           # the state after consuming every returned token
+
+
+def generate(params, prompt, max_new_tokens: int, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig,
+             rng=None, temperature: float = 0.0, state: StreamState | None = None) -> GenerateResult:
+    """Feed ``prompt [B, P]`` through :func:`step`, then sample ``max_new_tokens`` tokens.
+
+    ``temperature == 0`` is greedy; otherwise ``rng`` is required. Sleeps fire automatically
+    whenever a window fills, during the prompt and during generation. ``state`` continues an
+    earlier stream (default: a fresh one).
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+            or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: must be an int >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature: must be a number >= 0, got {temperature!r}")
+    if temperature > 0 and rng is None:
+        raise ValueError("rng: a PRNG key is required when temperature > 0")
+    prompt = jnp.asarray(prompt)
+    if state is None:
+        state = init_state(model_cfg, sleep_cfg, prompt.shape[0] if prompt.ndim == 2 else 1)
+    logits, state, slept_prompt = feed(params, state, prompt, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    new_tokens, state, slept_new, _ = _generate_loop_jit(
+        params, state, logits[:, -1], rng, model_cfg=model_cfg, sleep_cfg=sleep_cfg,
+        max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+    slept = np.concatenate([np.asarray(slept_prompt), np.asarray(slept_new)])
+    return GenerateResult(tokens=jnp.concatenate([prompt.astype(jnp.int32), new_tokens], axis=1),
+                          sleep_positions=[int(i) for i in np.flatnonzero(slept)], state=state)
