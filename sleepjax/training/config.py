@@ -17,6 +17,7 @@ one ``ValueError`` naming the full key (``sleep.window``, ``task.t``, ...).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Mapping
@@ -40,12 +41,16 @@ def _bad(key: str, msg: str, value: Any) -> ValueError:
     return ValueError(f"{key}: {msg} (got {value!r})")
 
 
-def _section_from_dict(cls, prefix: str, values: Mapping[str, Any]):
-    known = {f.name for f in dataclasses.fields(cls)}
+def _check_keys(cls, prefix: str, values: Mapping[str, Any], exclude=()) -> None:
+    known = {f.name for f in dataclasses.fields(cls)} - set(exclude)
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{prefix}: unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; "
                          f"known keys are {sorted(known)}")
+
+
+def _section_from_dict(cls, prefix: str, values: Mapping[str, Any]):
+    _check_keys(cls, prefix, values)
     return cls(**dict(values))
 
 
@@ -184,13 +189,15 @@ def _as_dict(section) -> dict:
     raise TypeError(f"expected a ConfigDict or mapping, got {type(section).__name__}")
 
 
-def validate_config(cfg: ml_collections.ConfigDict) -> ResolvedConfig:
+def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None
+                    ) -> ResolvedConfig:
     """Check every section of an experiment config; return the typed, resolved configs.
 
     Raises one ``ValueError`` naming the full key for: unknown keys (in any section),
     wrong types, impossible values (e.g. ``sleep.window`` > the task's sequence length,
     ``sleep.passes`` < 1, a batch not divisible by the data-parallel size), a task field
-    that belongs to another task. Builds no model and traces nothing.
+    that belongs to another task. Builds no model and traces nothing. ``num_devices``
+    (default: this job's device count) lets a config be checked for another machine.
     """
     from sleepjax import data, partitioning
 
@@ -210,7 +217,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ResolvedConfig:
     model_values = _as_dict(cfg["model"])
     if "vocab_size" in model_values:
         raise ValueError("model.vocab_size: is set by the task's tokenizer; remove it from the config")
+    _check_keys(ModelConfig, "model", model_values, exclude=("vocab_size",))
     sleep_values = _as_dict(cfg["sleep"])
+    _check_keys(SleepConfig, "sleep", sleep_values)
     window_from_task = sleep_values.get("window") is None
     if window_from_task:
         sleep_values["window"] = data.default_window(task_cfg)
@@ -229,7 +238,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ResolvedConfig:
                          f"(got {sleep.window})")
 
     mesh_cfg = cfg["mesh"]
-    mesh_shape = partitioning.validate_mesh_config(mesh_cfg)
+    mesh_shape = partitioning.validate_mesh_config(mesh_cfg, num_devices=num_devices)
     dp = mesh_shape["data"] * mesh_shape["fsdp"]   # the batch is split over both
     if train.batch_size % dp:
         raise ValueError(f"train.batch_size: must be divisible by the data-parallel size {dp} "
@@ -278,3 +287,61 @@ def config_differences(saved, current) -> list[str]:
             diffs.append(f"{key}: checkpoint has {a.get(key, '<absent>')!r}, "
                          f"config has {b.get(key, '<absent>')!r}")
     return diffs
+
+
+# --------------------------------------------------------------------------- experiment files
+
+def parse_variant(arg: str | None, variants: tuple[str, ...], default: str) -> str:
+    """The variant named by the ``:arg`` suffix of ``--config=file.py:arg`` (``default`` if none)."""
+    variant = (arg or default).strip()
+    if variant not in variants:
+        raise ValueError(f"config variant: must be one of {list(variants)} (got {variant!r})")
+    return variant
+
+
+def passes_sweep(values) -> list[dict[str, Any]]:
+    """A sweep over the number of sleep passes N: one ``{"sleep.passes": N}`` override per run."""
+    return [{"sleep.passes": int(n)} for n in values]
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+                    ) -> ml_collections.ConfigDict:
+    """A copy of ``cfg`` with dotted-key ``overrides`` applied (``{"sleep.passes": 2}``).
+
+    An unknown key raises ValueError naming it (the config files lock their ConfigDicts).
+    """
+    out = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for name in parents:
+            if name not in node:
+                raise ValueError(f"{key}: unknown config key")
+            node = node[name]
+        if leaf not in node:
+            raise ValueError(f"{key}: unknown config key")
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ValueError(f"{key}: {e}") from None
+    return out
+
+
+def load_config_module(path: str):
+    """Import an experiment config file (``experiments/rule110.py``) by path, as config_flags does."""
+    import importlib.util
+    import os
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--config: no such config file {path!r}")
+    name = "sleepjax_experiment_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """``"experiments/rule110.py:tiny"`` -> that file's ``get_config("tiny")``."""
+    path, _, arg = spec.partition(":")
+    return load_config_module(path).get_config(arg or None)

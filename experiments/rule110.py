@@ -1,0 +1,53 @@
+"""Rule 110 (paper §5.1, Fig. 2): 4 random 24-cell states, predict their first cells after t steps.
+
+Variants (``--config=experiments/rule110.py:<variant>``):
+
+* ``tiny``  -- the CPU default: the README's main command trains N in {1, 2, 3, 4} with it in
+  a few minutes on 2 CPU cores. Small t so that a tiny model learns something in that budget.
+* ``cpu``   -- a bigger CPU ablation (larger t, model and budget; tens of minutes).
+* ``paper`` -- paper scale: d=256 "AGAG", L=24, t=32, batch 512, Muon lr 2e-3, AdamW 5e-5,
+  about 5 B training tokens.
+
+``get_sweep()`` lists the ablation over the number of sleep passes N.
+"""
+
+from sleepjax.training import config as common
+from sleepjax import data
+
+VARIANTS = ("tiny", "cpu", "paper")
+
+
+def get_config(arg: str | None = None):
+    variant = common.parse_variant(arg, VARIANTS, default="tiny")
+    cfg = common.base_config()
+    cfg.sleep.window = 24               # one state per window: each is evicted before the labels
+    if variant == "tiny":
+        cfg.task = data.task_config("rule110", t=1, num_test=512)
+        cfg.model.update(d_model=64, layer_pattern="AG", attn_heads=2, attn_head_dim=32,
+                         gdn_heads=2, gdn_head_dim=32, mlp_hidden=128, gdn_impl="chunked",
+                         gdn_chunk_size=8)
+        cfg.optim.update(muon_lr=2e-2, adam_lr=3e-3, warmup_fraction=0.05, decay_fraction=0.3)
+        cfg.train.update(steps=300, batch_size=32, log_every=10, eval_every=100,
+                         eval_examples=512, eval_batch_size=128, checkpoint_every=100)
+    elif variant == "cpu":
+        cfg.task = data.task_config("rule110", t=2, num_test=1024)
+        cfg.model.update(d_model=96, layer_pattern="AGAG", attn_heads=2, attn_head_dim=48,
+                         gdn_heads=2, gdn_head_dim=48, mlp_hidden=192, gdn_impl="chunked",
+                         gdn_chunk_size=8)
+        cfg.optim.update(muon_lr=1e-2, adam_lr=2e-3, warmup_fraction=0.05, decay_fraction=0.3)
+        cfg.train.update(steps=1500, batch_size=64, log_every=25, eval_every=250,
+                         eval_examples=1024, eval_batch_size=256, checkpoint_every=250)
+    else:  # paper
+        cfg.task = data.task_config("rule110", t=32)
+        cfg.model.update(d_model=256, layer_pattern="AGAG", attn_heads=4, attn_head_dim=64,
+                         gdn_heads=4, gdn_head_dim=64, gdn_impl="chunked", gdn_chunk_size=24)
+        cfg.optim.update(muon_lr=2e-3, adam_lr=5e-5)
+        cfg.train.update(steps=100_000, batch_size=512, log_every=100, eval_every=2_000,
+                         eval_examples=4096, eval_batch_size=512, checkpoint_every=2_000)
+    cfg.lock()
+    return cfg
+
+
+def get_sweep():
+    """The ablation of the paper's Fig. 2b: N sleep passes in {1, 2, 3, 4}."""
+    return common.passes_sweep((1, 2, 3, 4))

@@ -1,0 +1,32 @@
+"""Helpers shared by the training / config / checkpoint tests (imported explicitly)."""
+
+from __future__ import annotations
+
+import os
+
+from sleepjax import data
+from sleepjax.training.config import apply_overrides, load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RULE110 = os.path.join(REPO, "experiments", "rule110.py")
+
+# A Rule 110 instance small enough to compile and run in seconds: 2 states of 8 cells
+# (T = 18, window 8: two consolidation windows and a prediction window), d_model 32, "AG".
+TINY_OVERRIDES = {
+    "model.d_model": 32, "model.layer_pattern": "AG", "model.attn_heads": 2,
+    "model.attn_head_dim": 16, "model.gdn_heads": 2, "model.gdn_head_dim": 16,
+    "model.mlp_hidden": 64, "model.gdn_chunk_size": 8,
+    "sleep.window": 8,
+    "train.steps": 6, "train.batch_size": 8, "train.log_every": 1, "train.eval_every": 0,
+    "train.eval_examples": 32, "train.eval_batch_size": 16, "train.checkpoint_every": 3,
+    "train.progress_bar": False,
+}
+
+
+def tiny_config(**overrides):
+    """The tiny Rule 110 test config; ``overrides`` use ``__`` for dots (``sleep__passes=2``)."""
+    cfg = load_config(f"{RULE110}:tiny")
+    cfg.task = data.task_config("rule110", t=1, cells=8, num_states=2, num_test=64)
+    merged = dict(TINY_OVERRIDES)
+    merged.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return apply_overrides(cfg, merged)

@@ -1,0 +1,120 @@
+"""validate_config: every bad input is one ValueError naming the full key, before any compute."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sleepjax import data
+from sleepjax.training.config import apply_overrides, config_differences, validate_config
+
+from conftest_training import RULE110, tiny_config
+from sleepjax.training.config import load_config
+
+
+def _error(cfg, **kwargs) -> str:
+    with pytest.raises(ValueError) as info:
+        validate_config(cfg, **kwargs)
+    return str(info.value)
+
+
+def test_shipped_variants_validate():
+    for variant in ("tiny", "cpu", "paper"):
+        rc = validate_config(load_config(f"{RULE110}:{variant}"))
+        assert rc.model.vocab_size == 3 and rc.sleep.window == 24 and rc.seq_len == 100
+    paper = validate_config(load_config(f"{RULE110}:paper"))
+    assert (paper.model.d_model, paper.model.layer_pattern, paper.task["t"]) == (256, "AGAG", 32)
+    assert (paper.train.batch_size, paper.optim.muon_lr, paper.optim.adam_lr) == (512, 2e-3, 5e-5)
+
+
+def test_unknown_variant_is_named():
+    with pytest.raises(ValueError, match="config variant"):
+        load_config(f"{RULE110}:huge")
+
+
+@pytest.mark.parametrize("section,key", [("model", "d_modle"), ("sleep", "pases"),
+                                         ("optim", "lr"), ("train", "epochs")])
+def test_unknown_key_names_it(section, key):
+    cfg = tiny_config()
+    cfg.unlock()
+    cfg[section][key] = 1
+    assert f"{section}.{key}" in _error(cfg)
+
+
+def test_unknown_key_rejected_by_locked_config():
+    with pytest.raises(ValueError, match="sleep.pases"):
+        apply_overrides(tiny_config(), {"sleep.pases": 2})
+
+
+def test_unknown_section_is_named():
+    cfg = tiny_config()
+    cfg.unlock()
+    cfg.extra = 1
+    assert "extra" in _error(cfg)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("sleep.passes", "2"), ("sleep.passes", 1.5), ("train.batch_size", 8.0),
+    ("train.async_checkpointing", 1), ("optim.muon_lr", "fast"), ("model.d_model", True),
+])
+def test_wrong_type_names_the_key(key, value):
+    cfg = tiny_config()
+    section, leaf = key.split(".")
+    # Bypass ConfigDict's own type safety to reach validate_config (as a programmatic caller can).
+    raw = cfg.to_dict()
+    raw[section][leaf] = value
+    assert re.search(rf"\b{re.escape(key)}\b", _error(raw)), _error(raw)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("sleep.passes", 0), ("optim.clip_norm", -1.0), ("optim.adam_b2", 1.0),
+    ("train.steps", 0), ("optim.warmup_fraction", 0.8), ("model.layer_pattern", "AA"),
+])
+def test_impossible_values_name_the_key(key, value):
+    cfg = tiny_config(**{key.replace(".", "__"): value})
+    assert key in _error(cfg)
+
+
+def test_window_larger_than_sequence():
+    message = _error(tiny_config(sleep__window=19))   # tiny task: T = 18
+    assert "sleep.window" in message and "18" in message
+
+
+def test_task_field_of_another_task():
+    others = {key for name, module in data.TASKS.items() if name != "rule110"
+              for key in module.FIELDS} - set(data.TASKS["rule110"].FIELDS)
+    assert others, "the data package should define at least one other task"
+    key = sorted(others)[0]
+    cfg = tiny_config()
+    cfg.task.unlock()
+    cfg.task[key] = data.TASKS[[n for n, m in data.TASKS.items() if key in m.FIELDS][0]].FIELDS[key].default
+    assert f"task.{key}" in _error(cfg)
+
+
+def test_task_value_error_names_task_key():
+    cfg = tiny_config()
+    cfg.task.t = -1
+    assert "task.t" in _error(cfg)
+
+
+def test_batch_not_divisible_by_data_parallel_size():
+    cfg = tiny_config(train__batch_size=9, mesh__data=2)
+    assert "train.batch_size" in _error(cfg, num_devices=2)
+    cfg = tiny_config(train__batch_size=8, train__eval_batch_size=15, mesh__data=2)
+    assert "train.eval_batch_size" in _error(cfg, num_devices=2)
+    validate_config(tiny_config(train__batch_size=8, mesh__data=2), num_devices=2)
+
+
+def test_model_vocab_size_is_the_tasks():
+    cfg = tiny_config()
+    cfg.model.unlock()
+    cfg.model.vocab_size = 5
+    assert "model.vocab_size" in _error(cfg)
+
+
+def test_config_differences_ignore_resumable_keys():
+    a = tiny_config()
+    b = tiny_config(train__steps=60, train__eval_every=5, model__d_model=48, sleep__passes=2)
+    diffs = config_differences(a, b)
+    assert [d.split(":")[0] for d in diffs] == ["model.d_model", "sleep.passes"]
