@@ -59,20 +59,24 @@ def example_to_record(example: Example) -> dict[str, np.ndarray]:
     """Cuts an Example into the next-token record of the module docstring."""
     tokens = np.asarray(example.tokens, dtype=np.int32)
     seq_len = tokens.shape[0] - 1
+    spans = np.asarray(example.answers, dtype=np.int64).reshape(-1, 3)
+    starts, lengths, levels = spans[:, 0], spans[:, 1], spans[:, 2]
+    if spans.shape[0] == 0 or np.any(starts < 1) or np.any(lengths < 1) \
+            or np.any(starts + lengths > tokens.shape[0]):
+        raise ValueError(f"answers: each span must be non-empty and lie after the first of the "
+                         f"{tokens.shape[0]} tokens (got {example.answers})")
+    # The answer token at sequence index r is the target of input position r - 1.
+    answer_of_position = np.repeat(np.arange(spans.shape[0]), lengths)
+    positions = np.repeat(starts - 1 - np.cumsum(lengths) + lengths, lengths) \
+        + np.arange(answer_of_position.shape[0])
+    if np.unique(positions).shape[0] != positions.shape[0]:
+        raise ValueError(f"answers: spans overlap (got {example.answers})")
     loss_mask = np.zeros(seq_len, np.float32)
     answer_id = np.full(seq_len, -1, np.int32)
     difficulty = np.full(seq_len, -1, np.int32)
-    for index, (start, length, level) in enumerate(example.answers):
-        if start < 1 or length < 1 or start + length > tokens.shape[0]:
-            raise ValueError(f"answer {index}: span [{start}, {start + length}) does not fit a "
-                             f"sequence of {tokens.shape[0]} tokens after its first token")
-        # The answer token at sequence index r is the target of input position r - 1.
-        positions = slice(start - 1, start - 1 + length)
-        if np.any(answer_id[positions] >= 0):
-            raise ValueError(f"answer {index}: overlaps another answer")
-        loss_mask[positions] = 1.0
-        answer_id[positions] = index
-        difficulty[positions] = level
+    loss_mask[positions] = 1.0
+    answer_id[positions] = answer_of_position
+    difficulty[positions] = levels[answer_of_position]
     return {
         "inputs": tokens[:-1].copy(),
         "targets": tokens[1:].copy(),
