@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from sleepjax.data import depo, rule110
+from sleepjax.data import depo, gsm, rule110
 from sleepjax.data import fields as F
 
-TASKS: dict[str, ModuleType] = {rule110.NAME: rule110, depo.NAME: depo}
+TASKS: dict[str, ModuleType] = {rule110.NAME: rule110, depo.NAME: depo, gsm.NAME: gsm}
 
 
 def _as_dict(task_cfg: Any) -> dict[str, Any]:
