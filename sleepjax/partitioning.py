@@ -60,22 +60,23 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(^|/)embed/embedding$", ("vocab", "embed")),
     (r"(^|/)head/kernel$", ("embed", "vocab")),
     (r"(^|/)head/bias$", ("vocab",)),
-    # Sliding-window attention: column-parallel q/k/v, row-parallel output.
-    (r"(^|/)attn/w[qkv]/kernel$", ("embed", "heads")),
+    # Sliding-window attention: column-parallel q/k/v [d, H*D], row-parallel output [H*D, d].
+    (r"(^|/)attn/w[qkv](/kernel)?$", ("embed", "heads")),
     (r"(^|/)attn/w[qkv]/bias$", ("heads",)),
-    (r"(^|/)attn/wo/kernel$", ("heads", "embed")),
-    # Gated DeltaNet: every per-head projection (q, k, v, output gate g, decay a, write b).
-    (r"(^|/)gdn/w[qkvgab]/kernel$", ("embed", "heads")),
+    (r"(^|/)attn/wo(/kernel)?$", ("heads", "embed")),
+    # Gated DeltaNet: every per-head projection (q, k, v, output gate g [d, H*K|H*V], decay a
+    # and write strength b [d, H]) is column-parallel; the output projection row-parallel.
+    (r"(^|/)gdn/w[qkvgab](/kernel)?$", ("embed", "heads")),
     (r"(^|/)gdn/w[qkvgab]/bias$", ("heads",)),
-    (r"(^|/)gdn/wo/kernel$", ("heads", "embed")),
-    (r"(^|/)gdn/conv[^/]*/(kernel|bias|weight)$", ("heads",)),   # depthwise: channels last
-    (r"(^|/)gdn/(A_log|dt_bias)$", ("heads",)),
+    (r"(^|/)gdn/wo(/kernel)?$", ("heads", "embed")),
+    (r"(^|/)gdn/conv_[qkv](/kernel|/bias)?$", ("heads",)),   # depthwise [W, C]: channels last
+    (r"(^|/)gdn/(A_log|dt_bias)$", ("heads",)),               # [H]
     # SwiGLU MLP.
-    (r"(^|/)mlp/w_(gate|up)/kernel$", ("embed", "mlp")),
+    (r"(^|/)mlp/w_(gate|up)(/kernel)?$", ("embed", "mlp")),
     (r"(^|/)mlp/w_(gate|up)/bias$", ("mlp",)),
-    (r"(^|/)mlp/w_down/kernel$", ("mlp", "embed")),
-    # Everything else (norm scales, the GDN per-head-dim output norm, biases of row-parallel
-    # layers, scalars such as step counters) is replicated.
+    (r"(^|/)mlp/w_down(/kernel)?$", ("mlp", "embed")),
+    # Everything else (norm scales incl. the GDN per-head-dim out_norm [V], scalars such as
+    # step and optax counters, the PRNG key) is replicated.
     (r".*", ()),
 )
 
