@@ -52,9 +52,8 @@ LOGICAL_AXIS_RULES: dict[str, Any] = {
 # (e.g. a vocabulary of 3 symbols is simply not split).
 STRICT_LOGICAL_AXES = frozenset({"heads", "mlp"})
 
-# Ordered (regex, logical axes) rules; the first ``re.search`` hit wins. Logical axes are
-# right-aligned with the array's dims (missing leading dims are replicated), so one rule covers
-# e.g. a depthwise conv kernel stored as [W, C] or [W, 1, C]. Kernels are [in, out].
+# Ordered (regex, logical axes) rules; the first ``re.search`` hit wins. Logical axes name
+# each dim of the array (``...`` = any number of replicated dims). Kernels are [in, out].
 PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     # Embedding table [vocab, d_model] (also the tied LM head) and an untied head [d_model, vocab].
     (r"(^|/)embed/embedding$", ("vocab", "embed")),
@@ -69,7 +68,8 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(^|/)gdn/w[qkvgab](/kernel)?$", ("embed", "heads")),
     (r"(^|/)gdn/w[qkvgab]/bias$", ("heads",)),
     (r"(^|/)gdn/wo(/kernel)?$", ("heads", "embed")),
-    (r"(^|/)gdn/conv_[qkv](/kernel|/bias)?$", ("heads",)),   # depthwise [W, C]: channels last
+    (r"(^|/)gdn/conv_[qkv](/kernel)?$", (None, "heads")),     # depthwise [W, C]
+    (r"(^|/)gdn/conv_[qkv]/bias$", ("heads",)),
     (r"(^|/)gdn/(A_log|dt_bias)$", ("heads",)),               # [H]
     # SwiGLU MLP.
     (r"(^|/)mlp/w_(gate|up)(/kernel)?$", ("embed", "mlp")),
@@ -80,14 +80,17 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r".*", ()),
 )
 
-# Streaming-inference state (``sleepjax.inference``). Fast weights S [B, H, K, V] and the
-# per-head caches are split batch-over-data, heads-over-model, so a sleep on a mesh is the
-# same per-shard computation as on one device.
+# Streaming-inference state (``sleepjax.inference.StreamState``). Fast weights S [B, H, K, V]
+# and the per-head KV caches are split batch-over-data, heads-over-model, so wake steps and
+# sleeps on a mesh are the same per-shard computation as on one device. The short-conv cache
+# stores q|k|v channels packed ([B, W-1, 2HK+HV]); a contiguous split of that packed axis
+# would not follow head boundaries, so it is split over the batch only.
 STREAM_STATE_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    (r"(^|/)(S|fast_weights|ssm_state|gdn_state)$", ("batch", "heads", "head_dim", "head_dim")),
-    (r"(^|/)(k_cache|v_cache|keys|values|k|v)$", ("batch", "length", "heads", "head_dim")),
-    (r"(^|/)conv[^/]*$", ("batch", "length", "heads")),
-    (r".*", ("batch",)),     # per-example counters / positions; scalars become replicated
+    (r"(^|/)fast_weights/[^/]+$", ("batch", "heads", "head_dim", "head_dim")),
+    (r"(^|/)(kv_cache|prev_kv)/[^/]+/[01]$", ("batch", "length", "heads", "head_dim")),
+    (r"(^|/)conv_cache/[^/]+$", ("batch", "length", None)),
+    (r"(^|/)loop_input$", ("batch", "length", None)),
+    (r".*", ("batch", ...)),   # anything else is batch-leading; scalars (position) are replicated
 )
 
 
@@ -201,16 +204,26 @@ def _mesh_axes_of(logical_axis: str | None, mesh) -> tuple[str, ...]:
     return tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
 
 
-def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh,
+def logical_to_spec(logical_axes: Sequence[Any], shape: Sequence[int], mesh,
                     *, name: str = "array") -> P:
-    """PartitionSpec for an array of ``shape`` whose trailing dims carry ``logical_axes``.
+    """PartitionSpec for an array of ``shape`` whose dims carry ``logical_axes``.
 
-    Dims not divisible by their mesh axes are replicated, except for STRICT_LOGICAL_AXES,
-    which raise a ValueError naming ``name``.
+    ``logical_axes`` names every dim, or contains one ``...`` standing for any number of
+    replicated dims (``("batch", ...)``: batch-leading array of any rank). An array whose rank
+    does not fit the rule (e.g. a factored optimiser moment) is replicated. Dims not divisible
+    by their mesh axes are replicated, except for STRICT_LOGICAL_AXES, which raise a ValueError
+    naming ``name``.
     """
     rank = len(shape)
-    logical = tuple(logical_axes)[-rank:] if rank else ()
-    logical = (None,) * (rank - len(logical)) + logical
+    logical = tuple(logical_axes)
+    if Ellipsis in logical:
+        cut = logical.index(Ellipsis)
+        head, tail = logical[:cut], logical[cut + 1:]
+        if len(head) + len(tail) > rank:
+            return P()
+        logical = head + (None,) * (rank - len(head) - len(tail)) + tail
+    elif len(logical) != rank:
+        return P()
     entries = []
     for dim, (size, ax) in enumerate(zip(shape, logical)):
         mesh_axes = _mesh_axes_of(ax, mesh)
