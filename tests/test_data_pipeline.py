@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -83,6 +87,41 @@ def test_iterator_state_round_trip_resumes_exactly():
             np.testing.assert_array_equal(got[key], want[key])
 
 
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches_and_resume():
+    # In a subprocess: grain workers need absl flags marked parsed, a process-global setting.
+    script = textwrap.dedent("""
+        import numpy as np
+        from absl import flags
+        import sleepjax.data as data
+        if __name__ == "__main__":
+            cfg = data.task_config("rule110", t=2, num_train=1000)
+            source = data.make_source(cfg, "train", seed=0)
+            try:
+                data.make_dataset(source, batch_size=4, seed=1, worker_count=1)
+                raise SystemExit("expected a ValueError about absl flags")
+            except ValueError as error:
+                assert "worker_count" in str(error)
+            flags.FLAGS.mark_as_parsed()
+            reference = iter(data.make_dataset(source, batch_size=4, seed=1))
+            expected = [next(reference)["inputs"] for _ in range(5)]
+            dataset = data.make_dataset(source, batch_size=4, seed=1, worker_count=1)
+            it = iter(dataset)
+            first = [next(it)["inputs"] for _ in range(3)]
+            state = it.get_state()
+            it.close()
+            resumed = iter(dataset)
+            resumed.set_state(state)
+            rest = [next(resumed)["inputs"] for _ in range(2)]
+            resumed.close()
+            assert all(np.array_equal(a, b) for a, b in zip(first + rest, expected))
+            print("WORKERS-OK", flush=True)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=240)
+    assert "WORKERS-OK" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("kwargs,key", [
     (dict(batch_size=0), "batch_size"),
     (dict(batch_size=2.0), "batch_size"),
@@ -92,6 +131,8 @@ def test_iterator_state_round_trip_resumes_exactly():
     (dict(num_epochs=0), "num_epochs"),
     (dict(shuffle="yes"), "shuffle"),
     (dict(batch_size=64, num_epochs=1), "batch_size"),
+    (dict(prefetch_batches=0), "prefetch_batches"),
+    (dict(worker_count=-1), "worker_count"),
 ])
 def test_make_dataset_rejects_bad_arguments(kwargs, key):
     args = dict(batch_size=2, seed=0)

@@ -28,7 +28,8 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 def make_dataset(source, *, batch_size: int, seed: int, shuffle: bool = True,
                  num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
-                 drop_remainder: bool = True) -> grain.MapDataset:
+                 drop_remainder: bool = True, prefetch_batches: int = 2, read_threads: int = 1,
+                 worker_count: int = 0) -> grain.IterDataset:
     """A grain pipeline of batches (dicts of numpy arrays [batch_size, T]) over ``source``.
 
     Order of operations: global shuffle of each epoch (reseeded per epoch) -> repeat
@@ -37,6 +38,12 @@ def make_dataset(source, *, batch_size: int, seed: int, shuffle: bool = True,
     batch. Because the shard is taken after the global shuffle, the hosts together see exactly one
     global shuffled stream, split disjointly. ``iter(dataset)`` yields batches and supports
     ``get_state()`` / ``set_state()`` for exact resumption from a checkpoint.
+
+    Batches are generated ahead by ``read_threads`` background threads into a buffer of
+    ``prefetch_batches`` batches (grain's defaults, 16 threads and 500 elements, would hold
+    hundreds of batches in memory); that overlaps generation with a device step, which releases
+    the GIL. For generation on several cores pass ``worker_count`` > 0 (grain worker processes;
+    they need parsed absl flags, i.e. a program run by ``absl.app.run``).
     """
     if not hasattr(source, "__len__") or not hasattr(source, "__getitem__"):
         raise ValueError(f"source: must be a random-access data source with __len__ and "
@@ -49,6 +56,9 @@ def make_dataset(source, *, batch_size: int, seed: int, shuffle: bool = True,
         raise ValueError(f"shard_index: must be < shard_count={shard_count} (got {shard_index})")
     if num_epochs is not None:
         _check_int("num_epochs", num_epochs, 1)
+    _check_int("prefetch_batches", prefetch_batches, 1)
+    _check_int("read_threads", read_threads, 0)
+    _check_int("worker_count", worker_count, 0)
     for name, flag in (("shuffle", shuffle), ("drop_remainder", drop_remainder)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name}: must be a bool (got {flag!r})")
@@ -68,4 +78,15 @@ def make_dataset(source, *, batch_size: int, seed: int, shuffle: bool = True,
     dataset = dataset.repeat(num_epochs)
     if shard_count > 1:
         dataset = dataset[int(shard_index)::int(shard_count)]
-    return dataset.batch(int(batch_size), drop_remainder=drop_remainder)
+    dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
+    batches = dataset.to_iter_dataset(grain.ReadOptions(
+        num_threads=int(read_threads), prefetch_buffer_size=int(prefetch_batches)))
+    if worker_count:
+        from absl import flags   # grain's worker processes read absl flags
+
+        if not flags.FLAGS.is_parsed():
+            raise ValueError("worker_count: grain worker processes need parsed absl flags; run "
+                             "under absl.app.run(main) or call absl.flags.FLAGS.mark_as_parsed() "
+                             f"first (got worker_count={worker_count})")
+        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count)))
+    return batches
