@@ -90,6 +90,7 @@ def make_tokenizer(cfg: Mapping[str, Any]) -> Tokenizer:
 class DepoSource(ProceduralSource):
     """Random-access source of Depo records (see the module docstring for the layout)."""
 
+    task_name = NAME
     difficulty_name = DIFFICULTY_NAME
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):

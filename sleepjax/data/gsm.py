@@ -204,6 +204,7 @@ class _ProblemBuilder:
 class GsmSource(ProceduralSource):
     """Random-access source of GSM-style records (see the module docstring for the layout)."""
 
+    task_name = NAME
     difficulty_name = DIFFICULTY_NAME
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):

@@ -97,6 +97,7 @@ def rule110_run(packed: int, cells: int, num_states: int, steps: int, periodic: 
 class Rule110Source(ProceduralSource):
     """Random-access source of Rule 110 records (see the module docstring for the layout)."""
 
+    task_name = NAME
     difficulty_name = DIFFICULTY_NAME
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):

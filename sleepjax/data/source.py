@@ -21,6 +21,7 @@ training data of any seed. Each split thus costs two draws per record on average
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import operator
@@ -93,7 +94,7 @@ def _check_split_and_seed(split: Any, seed: Any) -> None:
         raise ValueError(f"seed: must be an int >= 0 (got {seed!r})")
 
 
-class ProceduralSource:
+class ProceduralSource(abc.ABC):
     """Base class of the task sources: a grain ``RandomAccessDataSource`` of generated records.
 
     Subclasses set the task attributes (``tokenizer``, ``seq_len``, ``window``,
@@ -102,6 +103,7 @@ class ProceduralSource:
     source is picklable (grain worker processes).
     """
 
+    task_name: str            # the task.name this source generates
     tokenizer: Any
     seq_len: int
     window: int
@@ -109,8 +111,13 @@ class ProceduralSource:
     eval_difficulties: tuple[int, ...]
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
+        from sleepjax.data.configs import validate_task_config   # configs imports the tasks
+
         _check_split_and_seed(split, seed)
-        self.task_cfg = dict(task_cfg)
+        self.task_cfg = validate_task_config(task_cfg)
+        if self.task_cfg["name"] != self.task_name:
+            raise ValueError(f"task.name: {type(self).__name__} generates {self.task_name!r} "
+                             f"records (got {self.task_cfg['name']!r})")
         self.split = split
         self.seed = int(seed)
         self._split_id = SPLITS.index(split)
@@ -143,14 +150,14 @@ class ProceduralSource:
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return example_to_record(self.example(index))
 
+    @abc.abstractmethod
     def _draw(self, rng: np.random.Generator, split: str) -> tuple[bytes, Any]:
         """Draws the part of an example that decides its split: ``(identity, draft)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _complete(self, draft: Any, identity: bytes, rng: np.random.Generator,
                   split: str) -> Example:
         """Finishes an accepted draft (continuing the same ``rng``) into an Example."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         # grain uses repr to fingerprint a source in checkpoints: make it name everything that
