@@ -7,8 +7,9 @@ Public API:
 * ``default_window(task_cfg)`` -> the task's natural attention window L;
 * ``make_source(task_cfg, split, seed)`` -> grain random-access source of records (dicts of
   ``inputs``, ``targets``, ``loss_mask``, ``answer_id``, ``difficulty``; see ``source``);
-* ``make_dataset(source, batch_size=..., seed=..., ...)`` -> shuffled, sharded, batched
-  ``grain.MapDataset`` whose iterator checkpoints with ``get_state`` / ``set_state``.
+* ``make_dataset(source, batch_size=..., seed=..., ...)`` -> shuffled, sharded, batched, prefetched
+  ``grain.IterDataset`` whose iterator checkpoints with ``get_state`` / ``set_state`` (or grain's
+  orbax ``CheckpointSave`` / ``CheckpointRestore``).
 """
 
 from sleepjax.data.configs import TASKS, default_window, seq_len, task_config, validate_task_config

@@ -15,7 +15,7 @@ last state's window, which then holds a loss position (option (a)): it is no lon
 mask consolidation window.
 
 The labels form ONE answer of ``num_states`` tokens (the metric is exact accuracy: all labels
-right), with difficulty t.
+right), with difficulty t. The vocabulary is '0', '1', '?' (ids 0, 1, 2) in both layouts.
 """
 
 from __future__ import annotations
