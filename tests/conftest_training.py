@@ -30,3 +30,27 @@ def tiny_config(**overrides):
     merged = dict(TINY_OVERRIDES)
     merged.update({k.replace("__", "."): v for k, v in overrides.items()})
     return apply_overrides(cfg, merged)
+
+
+def enable_compilation_cache(directory: str):
+    """Turn on JAX's persistent compilation cache in ``directory``; returns an undo function.
+
+    Runs of identical configs (an interrupted run and its resumption) then compile once.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    saved = {name: getattr(jax.config, name) for name in (
+        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes")}
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()
+    compilation_cache.set_cache_dir(directory)
+
+    def undo():
+        compilation_cache.reset_cache()
+        for name, value in saved.items():
+            jax.config.update(name, value)
+
+    return undo

@@ -46,7 +46,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation
         rng, _ = jax.random.split(state.rng)  # the model is deterministic; the stream still advances
         (loss, (token_accuracy, answer_tokens)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params, batch)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         loss_finite = jnp.isfinite(loss)
         grad_finite = jnp.isfinite(grad_norm)
         finite = loss_finite & grad_finite

@@ -1,0 +1,57 @@
+"""Train and evaluate one experiment from a config file.
+
+    python -m sleepjax.train --config=experiments/rule110.py:tiny --workdir=runs/r110 \
+        --config.sleep.passes=4
+
+Any config field can be overridden on the command line (``--config.<section>.<key>=value``);
+an unknown key or a wrong type fails before anything runs. Rerunning the same command in the
+same workdir resumes from its latest checkpoint; a workdir holding a checkpoint of a different
+config is refused, naming the fields that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sleepjax.training.checkpointing import ConfigMismatchError
+from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
+
+__all__ = ["train_and_evaluate", "main"]
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, optionally with a variant: experiments/rule110.py:tiny",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, eval.json).")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    "Optional JAX persistent compilation cache directory: reruns of the same config skip XLA "
+    "compilation.")
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required")
+    if _CACHE.value:
+        import jax
+        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+    try:
+        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ConfigMismatchError, NonFiniteError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    final = result["final_eval"]
+    print(json.dumps({"step": final["step"], "tokens_seen": final["tokens_seen"],
+                      "loss": final["loss"], "accuracy": final["accuracy"],
+                      "wall_time_s": round(result["wall_time_s"], 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

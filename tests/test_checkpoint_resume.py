@@ -1,0 +1,100 @@
+"""Checkpoints: an interrupted run resumes to the same losses; foreign configs and NaNs stop runs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sleepjax.training.checkpointing import Checkpointer, ConfigMismatchError
+from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
+
+from conftest_training import enable_compilation_cache, tiny_config
+
+STEPS = 12
+
+
+class _Killed(Exception):
+    """Stands in for the process being killed between two steps."""
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    undo = enable_compilation_cache(str(tmp_path_factory.mktemp("jax_cache")))
+    yield
+    undo()
+
+
+@pytest.fixture(scope="module")
+def straight_run(compile_cache, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=6)
+    return cfg, workdir, train_and_evaluate(cfg, workdir)
+
+
+def test_interrupted_run_resumes_to_identical_losses(straight_run, tmp_path):
+    cfg, _, straight = straight_run
+    assert [s for s, _ in straight["losses"]] == list(range(1, STEPS + 1))
+    workdir = str(tmp_path / "interrupted")
+
+    def kill_after_seven(step, metrics):
+        if step == 7:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_and_evaluate(cfg, workdir, step_callback=kill_after_seven)
+    with Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False) as ck:
+        assert ck.all_steps() == [6]          # step 7 was never saved
+
+    resumed = train_and_evaluate(cfg, workdir)     # the same "command" again
+    assert resumed["start_step"] == 6
+    assert [s for s, _ in resumed["losses"]] == list(range(7, STEPS + 1))
+    np.testing.assert_allclose([l for _, l in resumed["losses"]],
+                               [l for _, l in straight["losses"][6:]], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(resumed["final_eval"]["accuracy"]["all"],
+                               straight["final_eval"]["accuracy"]["all"])
+    # The log holds each step once although steps 7.. ran twice.
+    with open(os.path.join(workdir, "train_log.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == list(range(1, STEPS + 1))
+
+
+def test_outputs_of_a_run(straight_run):
+    cfg, workdir, result = straight_run
+    with open(os.path.join(workdir, "eval.json")) as f:
+        saved = json.load(f)
+    assert saved["difficulty_name"] == "t" and saved["history"][-1]["step"] == STEPS
+    assert set(saved["history"][-1]["accuracy"]) == {"1", "all"}
+    assert saved["history"][-1]["examples"]["all"] == cfg.train.eval_examples
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["sleep"]["window"] == 8
+    assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard")))
+    with Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False) as ck:
+        assert ck.all_steps() == [6, STEPS]
+
+
+def test_refuses_to_resume_with_a_different_config(straight_run):
+    _, workdir, _ = straight_run
+    other = tiny_config(train__steps=STEPS, train__checkpoint_every=6, model__d_model=48,
+                        sleep__passes=2, train__eval_every=4)   # eval_every may differ
+    with pytest.raises(ConfigMismatchError) as info:
+        train_and_evaluate(other, workdir)
+    message = str(info.value)
+    assert "model.d_model" in message and "sleep.passes" in message
+    assert "train.eval_every" not in message
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(compile_cache, tmp_path):
+    # A huge learning rate makes the second step's loss non-finite.
+    cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=1, optim__muon_lr=1e30,
+                      optim__adam_lr=1e30, optim__clip_norm=0.0, optim__warmup_fraction=0.0)
+    workdir = str(tmp_path / "nan")
+    with pytest.raises(NonFiniteError) as info:
+        train_and_evaluate(cfg, workdir)
+    message = str(info.value)
+    assert "non-finite" in message and "Last good checkpoint" in message
+    failed_step = int(message.split()[1].rstrip(":"))
+    with Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False) as ck:
+        assert ck.latest_step() == failed_step - 1 >= 1
+        assert f"step {ck.latest_step()}" in message
