@@ -28,6 +28,14 @@ def test_shipped_variants_validate():
     assert (paper.train.batch_size, paper.optim.muon_lr, paper.optim.adam_lr) == (512, 2e-3, 5e-5)
 
 
+@pytest.mark.parametrize("task", ["depo", "gsm"])
+def test_other_experiments_validate(task):
+    path = RULE110.replace("rule110", task)
+    for variant in ("tiny", "cpu", "paper"):
+        rc = validate_config(load_config(f"{path}:{variant}"))
+        assert rc.task["name"] == task and rc.sleep.window < rc.seq_len
+
+
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="config variant"):
         load_config(f"{RULE110}:huge")
