@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from sleepjax.models.config import ModelConfig
 from sleepjax.ops import gated_delta_rule
+from sleepjax.ops.gdr_recurrent import recurrent_step
 
 _NEG_INF = -1e30  # finite "minus infinity": a row always has at least its own token
 
@@ -204,7 +205,11 @@ def _gdn_projections(p, x, cfg):
 
 
 def _gdn_mix(p, qkv_conv, beta, g, gate, state, cfg, impl):
-    """SiLU, L2 norm of q/k, the gated delta rule from ``state``, gated RMSNorm, out-projection."""
+    """SiLU, L2 norm of q/k, the gated delta rule from ``state``, gated RMSNorm, out-projection.
+
+    ``impl`` is an implementation name of :func:`sleepjax.ops.gated_delta_rule`, or ``"step"``
+    for a single token updated directly with the reference recurrence (no scan of length 1).
+    """
     dt = compute_dtype(cfg)
     bsz, seq, _ = qkv_conv.shape
     h, dk, dv = cfg.gdn_heads, cfg.gdn_head_dim, cfg.gdn_value_dim
@@ -212,8 +217,13 @@ def _gdn_mix(p, qkv_conv, beta, g, gate, state, cfg, impl):
     q = _l2_normalize(act[..., :h * dk].reshape(bsz, seq, h, dk))
     k = _l2_normalize(act[..., h * dk:2 * h * dk].reshape(bsz, seq, h, dk))
     v = act[..., 2 * h * dk:].reshape(bsz, seq, h, dv)
-    o, new_state = gated_delta_rule(q, k, v, g, beta, initial_state=state,
-                                    chunk_size=cfg.gdn_chunk_size, impl=impl)
+    if impl == "step":
+        new_state, o = recurrent_step(state, q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0],
+                                      dk ** -0.5)
+        o = o[:, None].astype(v.dtype)
+    else:
+        o, new_state = gated_delta_rule(q, k, v, g, beta, initial_state=state,
+                                        chunk_size=cfg.gdn_chunk_size, impl=impl)
     o = rms_norm(o.astype(dt), p["out_norm"]["scale"], cfg.norm_eps)
     o = o * jax.nn.silu(gate.reshape(bsz, seq, h, dv))
     return _dense(o.reshape(bsz, seq, h * dv), p["wo"], dt), new_state
@@ -234,5 +244,5 @@ def gdn_step(p, x_t, state, conv_cache, cfg: ModelConfig):
     """One token of Gated DeltaNet (recurrent decode path). Returns ``(out [B,d], state, conv_cache)``."""
     qkv, beta, g, gate = _gdn_projections(p, x_t[:, None, :], cfg)
     qkv_t, conv_cache = causal_conv_step(conv_cache, qkv[:, 0], gdn_conv_weight(p))
-    out, state = _gdn_mix(p, qkv_t[:, None, :], beta, g, gate, state, cfg, "recurrent")
+    out, state = _gdn_mix(p, qkv_t[:, None, :], beta, g, gate, state, cfg, "step")
     return out[:, 0], state, conv_cache
