@@ -24,6 +24,9 @@ CASES = {
                                                 sleep_sees_previous_window=True)),
     "hard-N2-loop-1:3-untied": (model_config(tie_embeddings=False),
                                 sleep_config(passes=2, loop_range=(1, 3))),
+    # the training forward and the sleep passes use the chunked op; wake steps the recurrence
+    "sliding-N2-chunked": (model_config(gdn_impl="chunked", layer_pattern="GA"),
+                           sleep_config(passes=2, eviction="sliding")),
 }
 
 
