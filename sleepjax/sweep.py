@@ -44,6 +44,7 @@ def sweep_points(config_path: str | None, passes: Sequence[str] | None) -> list[
                 raise ValueError(f"--passes: every N must be >= 1 (got {value})")
             values.append(value)
         return [{"sleep.passes": n} for n in values]
+    config_path = config_path.partition(":")[0]        # drop a ":variant" suffix
     module = load_config_module(config_path)
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"--config: {config_path} has no get_sweep(); pass --passes")

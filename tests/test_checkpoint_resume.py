@@ -27,16 +27,14 @@ def compile_cache(tmp_path_factory):
     undo()
 
 
-@pytest.fixture(scope="module")
-def straight_run(compile_cache, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("straight"))
+def test_resume_outputs_and_refusal(compile_cache, tmp_path):
+    """One test (one compilation): straight run, killed run + resumption, outputs, refusal."""
     cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=6)
-    return cfg, workdir, train_and_evaluate(cfg, workdir)
-
-
-def test_interrupted_run_resumes_to_identical_losses(straight_run, tmp_path):
-    cfg, _, straight = straight_run
+    straight_dir = str(tmp_path / "straight")
+    straight = train_and_evaluate(cfg, straight_dir)
     assert [s for s, _ in straight["losses"]] == list(range(1, STEPS + 1))
+
+    # --- killed after step 7, rerun with the same "command": resumes from step 6.
     workdir = str(tmp_path / "interrupted")
 
     def kill_after_seven(step, metrics):
@@ -47,39 +45,33 @@ def test_interrupted_run_resumes_to_identical_losses(straight_run, tmp_path):
         train_and_evaluate(cfg, workdir, step_callback=kill_after_seven)
     with Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False) as ck:
         assert ck.all_steps() == [6]          # step 7 was never saved
-
-    resumed = train_and_evaluate(cfg, workdir)     # the same "command" again
+    resumed = train_and_evaluate(cfg, workdir)
     assert resumed["start_step"] == 6
     assert [s for s, _ in resumed["losses"]] == list(range(7, STEPS + 1))
     np.testing.assert_allclose([l for _, l in resumed["losses"]],
                                [l for _, l in straight["losses"][6:]], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(resumed["final_eval"]["accuracy"]["all"],
                                straight["final_eval"]["accuracy"]["all"])
-    # The log holds each step once although steps 7.. ran twice.
-    with open(os.path.join(workdir, "train_log.jsonl")) as f:
+    with open(os.path.join(workdir, "train_log.jsonl")) as f:   # each step once
         assert [json.loads(line)["step"] for line in f] == list(range(1, STEPS + 1))
 
-
-def test_outputs_of_a_run(straight_run):
-    cfg, workdir, result = straight_run
-    with open(os.path.join(workdir, "eval.json")) as f:
+    # --- what a run leaves in its workdir.
+    with open(os.path.join(straight_dir, "eval.json")) as f:
         saved = json.load(f)
     assert saved["difficulty_name"] == "t" and saved["history"][-1]["step"] == STEPS
     assert set(saved["history"][-1]["accuracy"]) == {"1", "all"}
     assert saved["history"][-1]["examples"]["all"] == cfg.train.eval_examples
-    with open(os.path.join(workdir, "config.json")) as f:
+    with open(os.path.join(straight_dir, "config.json")) as f:
         assert json.load(f)["sleep"]["window"] == 8
-    assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard")))
-    with Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False) as ck:
+    assert any(n.startswith("events") for n in os.listdir(os.path.join(straight_dir, "tensorboard")))
+    with Checkpointer(os.path.join(straight_dir, "checkpoints"), keep=2, async_save=False) as ck:
         assert ck.all_steps() == [6, STEPS]
 
-
-def test_refuses_to_resume_with_a_different_config(straight_run):
-    _, workdir, _ = straight_run
+    # --- a different experiment in the same workdir is refused, naming the fields.
     other = tiny_config(train__steps=STEPS, train__checkpoint_every=6, model__d_model=48,
                         sleep__passes=2, train__eval_every=4)   # eval_every may differ
     with pytest.raises(ConfigMismatchError) as info:
-        train_and_evaluate(other, workdir)
+        train_and_evaluate(other, straight_dir)
     message = str(info.value)
     assert "model.d_model" in message and "sleep.passes" in message
     assert "train.eval_every" not in message

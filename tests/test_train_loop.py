@@ -25,15 +25,12 @@ def cache_dir(tmp_path_factory):
     undo()
 
 
-@pytest.fixture(scope="module")
-def sweep(cache_dir, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("sweep"))
+def test_sweep_end_to_end_and_cli(cache_dir, tmp_path):
+    """One test (two compilations, shared with the CLI subprocess through the cache)."""
+    workdir = str(tmp_path / "sweep")
     cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=6, train__eval_every=6)
-    return workdir, run_sweep(cfg, workdir, sweep_points(None, ["1", "2"]))
+    result = run_sweep(cfg, workdir, sweep_points(None, ["1", "2"]))
 
-
-def test_sweep_writes_table_json_and_plots(sweep):
-    workdir, result = sweep
     assert [r["passes"] for r in result["rows"]] == [1, 2]
     for name in ("accuracy_vs_passes.json", "accuracy_vs_passes.md", "accuracy_vs_tokens.png",
                  "accuracy_vs_difficulty.png"):
@@ -45,21 +42,29 @@ def test_sweep_writes_table_json_and_plots(sweep):
         assert 0.0 <= row["accuracy"]["all"] <= 1.0 and row["tokens_seen"] == STEPS * 8 * 18
         with open(os.path.join(workdir, row["run"], "eval.json")) as f:
             assert [h["step"] for h in json.load(f)["history"]] == [6, STEPS]
-    lines = result["table"].splitlines()
-    assert lines[0].startswith("| N | acc t=1 | acc all") and len(lines) == 4
-
-
-def test_loss_decreases(sweep):
-    workdir, result = sweep
-    for row in result["rows"]:
+        # The loss falls on this tiny run.
         with open(os.path.join(workdir, row["run"], "train_log.jsonl")) as f:
             losses = [json.loads(line)["loss"] for line in f]
         assert len(losses) == STEPS
         assert np.mean(losses[-4:]) < 0.85 * losses[0], (row["passes"], losses)
+    lines = result["table"].splitlines()
+    assert lines[0].startswith("| N | acc t=1 | acc all") and len(lines) == 4
+
+    # The CLI with --config.sleep.passes=2 and the same settings reproduces the N = 2 run.
+    cli_dir = str(tmp_path / "cli")
+    proc = _cli([f"--workdir={cli_dir}", "--config.sleep.passes=2",
+                 *_tiny_flags(**{"train.steps": STEPS, "train.checkpoint_every": 6,
+                                 "train.eval_every": 6})], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["step"] == STEPS
+    with open(os.path.join(cli_dir, "config.json")) as f:
+        assert json.load(f)["sleep"]["passes"] == 2
+    assert summary["accuracy"] == result["rows"][1]["accuracy"]
 
 
 def test_sweep_points_and_table_format():
-    assert sweep_points(RULE110, None) == [{"sleep.passes": n} for n in (1, 2, 3, 4)]
+    assert sweep_points(f"{RULE110}:tiny", None) == [{"sleep.passes": n} for n in (1, 2, 3, 4)]
     assert sweep_points(RULE110, ["2", "3"]) == [{"sleep.passes": 2}, {"sleep.passes": 3}]
     with pytest.raises(ValueError, match="--passes"):
         sweep_points(RULE110, ["0"])
@@ -83,22 +88,6 @@ def _tiny_flags(**extra):
              (("t", 1), ("cells", 8), ("num_states", 2), ("num_test", 64))]
     flags += [f"--config.{k}={v}" for k, v in values.items()]
     return flags
-
-
-def test_cli_override_trains_with_two_passes(sweep, cache_dir, tmp_path):
-    # The same settings as the sweep's N = 2 run, so the shared compilation cache applies.
-    workdir = str(tmp_path / "cli")
-    proc = _cli([f"--workdir={workdir}", "--config.sleep.passes=2",
-                 *_tiny_flags(**{"train.steps": STEPS, "train.checkpoint_every": 6,
-                                 "train.eval_every": 6})], cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["step"] == STEPS
-    with open(os.path.join(workdir, "config.json")) as f:
-        assert json.load(f)["sleep"]["passes"] == 2
-    # Same data, same init, same compiled step: the CLI reproduces the sweep's N = 2 run.
-    sweep_dir, result = sweep
-    assert summary["accuracy"] == result["rows"][1]["accuracy"]
 
 
 def test_cli_rejects_unknown_key_and_bad_values(tmp_path):
