@@ -427,18 +427,31 @@ def make_global_batch(host_batch, mesh):
 # --------------------------------------------------------------------------- multi-host
 
 _CLUSTER_ENV_HINTS = (
-    # (env var, predicate) pairs that mean "this process is one of several in a cluster
-    # that jax.distributed.initialize() can auto-detect".
+    # (env var, predicate) pairs that mean "this process is one of several in a cluster that
+    # jax.distributed.initialize() can auto-detect".
     ("TPU_WORKER_HOSTNAMES", lambda v: "," in v),        # Cloud TPU VM pod slice
     ("MEGASCALE_COORDINATOR_ADDRESS", bool),              # multi-slice TPU
     ("SLURM_NTASKS", lambda v: v.isdigit() and int(v) > 1),
     ("OMPI_COMM_WORLD_SIZE", lambda v: v.isdigit() and int(v) > 1),
-    ("JAX_COORDINATOR_ADDRESS", bool),
 )
+# Manual launch without a scheduler (e.g. several GPU hosts): these three variables give the
+# coordinates explicitly (JAX_COORDINATOR_ADDRESS is also read by JAX itself).
+ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = (
+    "JAX_COORDINATOR_ADDRESS", "SLEEPJAX_NUM_PROCESSES", "SLEEPJAX_PROCESS_ID")
 
 
 def _cluster_detected(environ: Mapping[str, str]) -> bool:
     return any(pred(environ[name]) for name, pred in _CLUSTER_ENV_HINTS if name in environ)
+
+
+def _int_env(environ, name):
+    value = environ.get(name)
+    if value is None:
+        return None
+    if not value.strip().lstrip("-").isdigit():
+        raise ValueError(f"initialize_distributed: environment variable {name} must be an int, "
+                         f"got {value!r}")
+    return int(value)
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -446,30 +459,38 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                            environ: Mapping[str, str] | None = None) -> tuple[int, int]:
     """Join a multi-process JAX job; a no-op for a single process. Returns (index, count).
 
-    * Explicit coordinates (all of ``coordinator_address``, ``num_processes``, ``process_id``)
-      -> ``jax.distributed.initialize`` with them (e.g. several GPU hosts without a scheduler).
-    * Otherwise, if the environment shows a cluster (TPU pod slice, SLURM or Open MPI with more
-      than one task, ``JAX_COORDINATOR_ADDRESS``) -> ``jax.distributed.initialize()``, which
-      auto-detects everything.
+    * Explicit coordinates -- the three arguments, or the environment variables
+      ``JAX_COORDINATOR_ADDRESS``, ``SLEEPJAX_NUM_PROCESSES``, ``SLEEPJAX_PROCESS_ID`` -- call
+      ``jax.distributed.initialize`` with them (several GPU hosts without a scheduler).
+    * Otherwise, if the environment shows a cluster that JAX detects by itself (Cloud TPU pod
+      slice, SLURM or Open MPI with more than one task), ``jax.distributed.initialize()``.
     * Otherwise nothing happens (one process driving all local devices).
 
-    Must be called before any other JAX call that touches devices, on every process.
+    Call it on every process before any other JAX call that touches devices.
     """
-    explicit = (coordinator_address, num_processes, process_id)
-    if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
-        missing = [n for n, v in zip(("coordinator_address", "num_processes", "process_id"), explicit)
-                   if v is None]
+    environ = os.environ if environ is None else environ
+    if coordinator_address is None and num_processes is None and process_id is None:
+        coordinator_address = environ.get(ENV_COORDINATOR) if ENV_NUM_PROCESSES in environ else None
+        num_processes = _int_env(environ, ENV_NUM_PROCESSES)
+        process_id = _int_env(environ, ENV_PROCESS_ID)
+    explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+                "process_id": process_id}
+    given = [k for k, v in explicit.items() if v is not None]
+    if given and len(given) < 3:
+        missing = [k for k, v in explicit.items() if v is None]
         raise ValueError(f"initialize_distributed: give all of coordinator_address, num_processes "
-                         f"and process_id or none of them (missing {missing})")
+                         f"and process_id (or {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, "
+                         f"{ENV_PROCESS_ID}) or none of them; missing {missing}")
     if jax.distributed.is_initialized():
         return jax.process_index(), jax.process_count()
-    if all(v is not None for v in explicit):
+    if given:
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise ValueError(f"initialize_distributed: need 0 <= process_id < num_processes, got "
                              f"process_id={process_id}, num_processes={num_processes}")
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id,
-                                   local_device_ids=local_device_ids)
-    elif _cluster_detected(os.environ if environ is None else environ):
+        if num_processes > 1:
+            jax.distributed.initialize(coordinator_address=coordinator_address,
+                                       num_processes=num_processes, process_id=process_id,
+                                       local_device_ids=local_device_ids)
+    elif _cluster_detected(environ):
         jax.distributed.initialize(local_device_ids=local_device_ids)
     return jax.process_index(), jax.process_count()

@@ -7,6 +7,8 @@ for any mesh shape without the devices; the multi-device behaviour is in
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +25,9 @@ def abstract_mesh(data, model, fsdp=1):
     return AbstractMesh((data, fsdp, model), pt.MESH_AXES)
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_params(cfg: ModelConfig):
+    """Abstract parameters of the real model (traced once per config, no compile)."""
     from sleepjax.models.sleep_lm import SleepLM
     from sleepjax.models.config import SleepConfig
     model = SleepLM(cfg, SleepConfig(window=4, passes=2))
@@ -155,8 +159,16 @@ def test_host_shard_info_single_process():
 
 def test_initialize_distributed_is_a_noop_for_one_process():
     assert pt.initialize_distributed(environ={}) == (0, 1)
+    assert pt.initialize_distributed("localhost:1234", 1, 0) == (0, 1)      # a job of one process
     with pytest.raises(ValueError, match="num_processes"):
         pt.initialize_distributed(coordinator_address="localhost:1234")
+    with pytest.raises(ValueError, match="process_id"):
+        pt.initialize_distributed(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "SLEEPJAX_NUM_PROCESSES": "2"})
+    with pytest.raises(ValueError, match="SLEEPJAX_PROCESS_ID"):
+        pt.initialize_distributed(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "SLEEPJAX_NUM_PROCESSES": "2",
+                                           "SLEEPJAX_PROCESS_ID": "x"})
+    with pytest.raises(ValueError, match="process_id"):
+        pt.initialize_distributed("localhost:1234", 2, 5)
 
 
 def test_make_global_batch_single_host():

@@ -99,6 +99,7 @@ class WhileLoop:
     """One ``while`` of the module: where it came from and what its body communicates."""
 
     name: str
+    op_name: str               # JAX name stack, e.g. "jit(step)/transpose(jvp(SleepLM))/while"
     function: str              # Python function that called lax.scan / fori_loop / while_loop
     file: str
     line: int | None
@@ -109,6 +110,11 @@ class WhileLoop:
     @property
     def has_collectives(self) -> bool:
         return any(self.collectives.values())
+
+    @property
+    def in_backward_pass(self) -> bool:
+        """True for loops of the gradient computation (JAX names them ``transpose(...)``)."""
+        return "transpose(" in self.op_name
 
 
 class HloModule:
@@ -233,7 +239,7 @@ class HloModule:
                 body = re.search(r"\bbody=%([\w.\-]+)", instr.attrs).group(1)
                 function, file, line = self._frame_location(instr.stack_frame_id)
                 loops.append(WhileLoop(
-                    name=instr.name, function=function, file=file, line=line,
+                    name=instr.name, op_name=instr.op_name, function=function, file=file, line=line,
                     trip_count=instr.trip_count,
                     collectives=self.collective_counts(body, count_memo),
                     body_bytes=self.bytes_by_kind(body, bytes_memo)))
