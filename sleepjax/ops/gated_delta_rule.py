@@ -56,7 +56,7 @@ def validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size):
     # Positive log-decays would make the state grow without bound. Only concrete
     # values can be checked; under jit the caller's parameterisation guarantees g <= 0.
     if not isinstance(g, jax.core.Tracer):
-        g_max = float(jnp.max(g)) if g.size else 0.0
+        g_max = float(np.max(np.asarray(g))) if g.size else 0.0
         if g_max > 0.0:
             raise ValueError(
                 f"gated_delta_rule: `g` is the log of a decay and must be <= 0, got max {g_max:.4g} "
