@@ -38,6 +38,22 @@ def baseline_forward(params, tokens, cfg: ModelConfig):
     return output_logits(params, h, cfg)
 
 
+def prefill(params, tokens, cfg: ModelConfig, max_len: int):
+    """Run ``tokens [B, P]`` in parallel; return ``(logits, cache)`` with room for ``max_len``."""
+    if max_len < tokens.shape[1]:
+        raise ValueError(f"max_len: must be >= the prompt length {tokens.shape[1]}, got {max_len}")
+    h = embed(params, tokens, cfg)
+    cache = {}
+    pad = ((0, 0), (0, max_len - tokens.shape[1]), (0, 0), (0, 0))
+    for i in range(cfg.num_layers):
+        p = params[block_name(i)]
+        x = layers.rms_norm(h, p["mixer_norm"]["scale"], cfg.norm_eps)
+        out, (k, v) = layers.attention_window(p["attn"], x, cfg)
+        cache[block_name(i)] = (jnp.pad(k, pad), jnp.pad(v, pad))
+        h = _block_residuals(p, h, out, cfg)
+    return output_logits(params, h, cfg), cache
+
+
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int):
     """KV cache holding ``max_len`` tokens per attention layer."""
     shape = (batch_size, max_len, cfg.attn_heads, cfg.attn_head_dim)

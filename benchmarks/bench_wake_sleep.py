@@ -1,0 +1,153 @@
+"""Wake latency, sleep cost and training memory of the sleeping hybrid (run on whatever JAX sees).
+
+1. Median wake_step latency after 1 window of context vs after 64 windows, for the sleep model
+   (fixed-size state: fast weights + one window of KV) and for a full-attention baseline of the
+   same width whose KV cache grows with the context (its decode step attends over a cache sized
+   to exactly the context, as a paged / flash-decoding implementation would). Ratio 64w / 1w.
+2. The cost of one sleep (passes 2..N over the window + eviction) as a multiple of one window's
+   prefill (the parallel wake pass over L tokens), for N in {1, 2, 4}: expected about N - 1.
+3. Training-step (loss + grad) temporary memory from XLA's memory_analysis for N in {1, 4, 8},
+   with and without rematerialisation.
+
+    python benchmarks/bench_wake_sleep.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleepjax import inference
+from sleepjax.models import ModelConfig, SleepConfig, forward_sequence, init_params, masked_cross_entropy
+from sleepjax.models import baseline
+
+
+def median_seconds(fns, repeats):
+    """Median wall time of each function, calls interleaved so machine noise hits all alike."""
+    for fn in fns:
+        jax.block_until_ready(fn())                   # compile + warm up
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, acc in zip(fns, times):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            acc.append(time.perf_counter() - start)
+    return [statistics.median(acc) for acc in times]
+
+
+def wake_latency(model_cfg, window, far_windows, repeats):
+    sleep_cfg = SleepConfig(window=window, passes=2)
+    params = init_params(model_cfg, jax.random.PRNGKey(0))
+    rng = np.random.RandomState(0)
+    context = jnp.asarray(rng.randint(0, model_cfg.vocab_size, (1, far_windows * window)), jnp.int32)
+    token = jnp.asarray(rng.randint(0, model_cfg.vocab_size, (1,)), jnp.int32)
+    step = lambda state: inference._wake_step_jit(params, state, token, model_cfg=model_cfg,
+                                                  sleep_cfg=sleep_cfg)
+    states = {}
+    for n_windows in (1, far_windows):
+        state = inference.init_state(model_cfg, sleep_cfg, 1)
+        _, states[n_windows], _ = inference.feed(params, state, context[:, :n_windows * window],
+                                                 model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+
+    base_params = baseline.init_baseline_params(model_cfg, jax.random.PRNGKey(0))
+    prefill = jax.jit(baseline.prefill, static_argnames=("cfg", "max_len"))
+    decode = jax.jit(baseline.decode_step, static_argnames=("cfg",))
+    caches = {}
+    for n_windows in (1, far_windows):
+        n_ctx = n_windows * window
+        _, caches[n_windows] = prefill(base_params, context[:, :n_ctx], cfg=model_cfg, max_len=n_ctx + 1)
+    near, far = (1, far_windows)
+    times = median_seconds(
+        [lambda: step(states[near]), lambda: step(states[far]),
+         lambda: decode(base_params, caches[near], token, jnp.int32(near * window), cfg=model_cfg),
+         lambda: decode(base_params, caches[far], token, jnp.int32(far * window), cfg=model_cfg)],
+        repeats)
+    return {near: times[0], far: times[1]}, {near: times[2], far: times[3]}
+
+
+def sleep_cost(model_cfg, window, passes_list, repeats):
+    params = init_params(model_cfg, jax.random.PRNGKey(0))
+    tokens = jnp.asarray(np.random.RandomState(1).randint(0, model_cfg.vocab_size, (1, window)),
+                         jnp.int32)
+    rows = {}
+    for passes in passes_list:
+        sleep_cfg = SleepConfig(window=window, passes=passes)
+        state = inference.init_state(model_cfg, sleep_cfg, 1)
+        for i in range(window):                        # fill one window without sleeping
+            _, state = inference._wake_step_jit(params, state, tokens[:, i], model_cfg=model_cfg,
+                                                sleep_cfg=sleep_cfg)
+        forward = jax.jit(forward_sequence, static_argnames=("model_cfg", "sleep_cfg"))
+        rows[passes] = median_seconds(
+            [lambda: forward(params, tokens, model_cfg=model_cfg, sleep_cfg=sleep_cfg),
+             lambda: inference._sleep_jit(params, state, model_cfg=model_cfg, sleep_cfg=sleep_cfg)],
+            repeats)
+    return rows
+
+
+def train_memory(model_cfg, window, seq_len, batch, settings):
+    params = init_params(model_cfg, jax.random.PRNGKey(0))
+    tokens = jnp.zeros((batch, seq_len), jnp.int32)
+    rows = {}
+    for passes, remat in settings:
+        sleep_cfg = SleepConfig(window=window, passes=passes, remat=remat)
+
+        def loss(p, sleep_cfg=sleep_cfg):
+            logits = forward_sequence(p, tokens, model_cfg, sleep_cfg)
+            return masked_cross_entropy(logits, tokens)
+
+        compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
+        rows[(passes, remat)] = compiled.memory_analysis().temp_size_in_bytes
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
+    args = parser.parse_args()
+    if args.quick:
+        cfg = ModelConfig(vocab_size=64, d_model=64, attn_heads=2, attn_head_dim=32, gdn_heads=2,
+                          gdn_head_dim=32, gdn_chunk_size=16)
+        window, far, repeats = 16, 64, 30
+        mem = dict(window=12, seq_len=50, batch=2)
+    else:
+        cfg = ModelConfig(vocab_size=256, d_model=256, attn_heads=4, attn_head_dim=64, gdn_heads=4,
+                          gdn_head_dim=64, gdn_chunk_size=64)
+        window, far, repeats = 64, 64, 100
+        mem = dict(window=24, seq_len=100, batch=8)
+    print(f"devices: {jax.devices()}  model: d={cfg.d_model} pattern={cfg.layer_pattern} "
+          f"gdn_impl={cfg.gdn_impl} window L={window}")
+
+    ours, theirs = wake_latency(cfg, window, far, repeats)
+    print("\n[1] median wake_step latency (batch 1)")
+    print(f"  sleep model   : 1 window {ours[1] * 1e3:8.3f} ms | {far} windows "
+          f"{ours[far] * 1e3:8.3f} ms | ratio {ours[far] / ours[1]:.2f}")
+    print(f"  full attention: 1 window {theirs[1] * 1e3:8.3f} ms | {far} windows "
+          f"{theirs[far] * 1e3:8.3f} ms | ratio {theirs[far] / theirs[1]:.2f}")
+
+    print("\n[2] one sleep vs one window prefill (batch 1)")
+    for passes, (t_prefill, t_sleep) in sleep_cost(cfg, window, (1, 2, 4), repeats).items():
+        print(f"  N={passes}: prefill {t_prefill * 1e3:8.3f} ms  sleep {t_sleep * 1e3:8.3f} ms  "
+              f"sleep/prefill {t_sleep / t_prefill:5.2f}  (prefill+sleep)/prefill "
+              f"{(t_prefill + t_sleep) / t_prefill:5.2f}")
+
+    mem_cfg = dataclasses.replace(cfg, gdn_chunk_size=min(cfg.gdn_chunk_size, mem["window"]))
+    # each gradient compile takes minutes on a small CPU, so remat=False only at the ends
+    settings = [(1, True), (4, True), (8, True), (1, False), (8, False)]
+    rows = train_memory(mem_cfg, mem["window"], mem["seq_len"], mem["batch"], settings)
+    print(f"\n[3] training step (loss+grad) XLA temp memory, B={mem['batch']} T={mem['seq_len']} "
+          f"L={mem['window']}  (x = relative to N=1 with the same remat setting)")
+    for remat in (True, False):
+        base = rows[(1, remat)]
+        line = "  ".join(f"N={n}: {rows[(n, r)] / 2**20:7.2f} MiB ({rows[(n, r)] / base:4.2f}x)"
+                         for n, r in settings if r == remat)
+        print(f"  remat={str(remat):5s} {line}")
+
+
+if __name__ == "__main__":
+    main()
