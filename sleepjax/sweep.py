@@ -4,7 +4,8 @@
 
 trains every N of the config file's ``get_sweep()`` (or ``--passes=1,2``) in
 ``<workdir>/N<n>``, then writes ``accuracy_vs_passes.json``, ``accuracy_vs_passes.md`` (the
-table, also printed), ``accuracy_vs_tokens.png`` and ``accuracy_vs_difficulty.png``. Each run
+table, also printed), ``accuracy_vs_passes.png``, ``accuracy_vs_tokens.png`` and
+``accuracy_vs_difficulty.png``. Each run
 resumes from its own checkpoints, so an interrupted sweep continues where it stopped.
 """
 
@@ -96,6 +97,8 @@ def run_sweep(cfg, workdir: str, points: Sequence[Mapping]) -> dict:
                 "total_wall_time_s": time.perf_counter() - started})
     with open(os.path.join(workdir, "accuracy_vs_passes.md"), "w") as f:
         f.write(table + "\n")
+    plots.plot_accuracy_vs_passes(finals, os.path.join(workdir, "accuracy_vs_passes.png"),
+                                  difficulty_name=difficulty_name)
     plots.plot_accuracy_vs_tokens(histories, os.path.join(workdir, "accuracy_vs_tokens.png"))
     plots.plot_accuracy_vs_difficulty(finals, os.path.join(workdir, "accuracy_vs_difficulty.png"),
                                       difficulty_name=difficulty_name)
@@ -115,8 +118,8 @@ def main(argv) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(result["table"])
-    print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md}}, accuracy_vs_tokens.png, "
-          f"accuracy_vs_difficulty.png; total wall time {time.perf_counter() - started:.0f} s")
+    print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md,png}}, "
+          f"accuracy_vs_tokens.png, accuracy_vs_difficulty.png; total wall time {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -32,7 +32,8 @@ def test_sweep_end_to_end_and_cli(cache_dir, tmp_path):
     result = run_sweep(cfg, workdir, sweep_points(None, ["1", "2"]))
 
     assert [r["passes"] for r in result["rows"]] == [1, 2]
-    for name in ("accuracy_vs_passes.json", "accuracy_vs_passes.md", "accuracy_vs_tokens.png",
+    for name in ("accuracy_vs_passes.json", "accuracy_vs_passes.md", "accuracy_vs_passes.png",
+                 "accuracy_vs_tokens.png",
                  "accuracy_vs_difficulty.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     with open(os.path.join(workdir, "accuracy_vs_passes.json")) as f:

@@ -59,3 +59,29 @@ def plot_accuracy_vs_difficulty(final: Mapping[int, Mapping[str, float]], path: 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_accuracy_vs_passes(final: Mapping[int, Mapping[str, float]], path: str, *,
+                            difficulty_name: str = "difficulty", chance: float | None = None,
+                            title: str = "") -> None:
+    """Final exact-match accuracy against N: one curve per difficulty, plus ``"all"``."""
+    passes = sorted(final)
+    keys = sorted({k for n in passes for k in final[n] if k != "all"}, key=int) + ["all"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in keys:
+        label = "all" if key == "all" else f"{difficulty_name} = {key}"
+        style = dict(color="black", linewidth=2) if key == "all" else {}
+        ax.plot(passes, [final[n].get(key, float("nan")) for n in passes], marker="o",
+                label=label, **style)
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle="--", label="chance")
+    ax.set_xlabel("sleep passes N")
+    ax.set_xticks(passes)
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "accuracy vs N")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
