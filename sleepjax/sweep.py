@@ -11,6 +11,7 @@ resumes from its own checkpoints, so an interrupted sweep continues where it sto
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -80,14 +81,17 @@ def run_sweep(cfg, workdir: str, points: Sequence[Mapping]) -> dict:
         run_cfg = apply_overrides(cfg, point)
         passes = int(run_cfg.sleep.passes)
         name = "_".join(f"{k.split('.')[-1]}{v}" for k, v in point.items()) or f"passes{passes}"
-        result = train_and_evaluate(run_cfg, os.path.join(workdir, name))
+        run_dir = os.path.join(workdir, name)
+        result = train_and_evaluate(run_cfg, run_dir)
         final = result["final_eval"]
         difficulty_name = result["difficulty_name"]
-        losses = result["losses"]
+        # From the log rather than result["losses"]: a finished run that is rerun trains no step.
+        with open(os.path.join(run_dir, "train_log.jsonl")) as f:
+            losses = [json.loads(line)["loss"] for line in f if line.strip()]
         rows.append({"passes": passes, "run": name, "overrides": dict(point),
                      "accuracy": final["accuracy"], "examples": final["examples"],
                      "eval_loss": final["loss"], "tokens_seen": final["tokens_seen"],
-                     "final_train_loss": losses[-1][1] if losses else float("nan"),
+                     "final_train_loss": losses[-1] if losses else float("nan"),
                      "wall_time_s": result["wall_time_s"]})
         histories[passes] = result["history"]
         finals[passes] = final["accuracy"]
