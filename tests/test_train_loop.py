@@ -50,6 +50,10 @@ def test_sweep_end_to_end_and_cli(cache_dir, tmp_path):
         assert np.mean(losses[-4:]) < 0.85 * losses[0], (row["passes"], losses)
     lines = result["table"].splitlines()
     assert lines[0].startswith("| N | acc t=1 | acc all") and len(lines) == 4
+    # Rerunning a finished sweep resumes every run at its last step: nothing trains again.
+    again = run_sweep(cfg, workdir, sweep_points(None, ["1", "2"]))
+    assert [(r["accuracy"], r["final_train_loss"]) for r in again["rows"]] == \
+        [(r["accuracy"], r["final_train_loss"]) for r in result["rows"]]
 
     # The CLI with --config.sleep.passes=2 and the same settings reproduces the N = 2 run.
     cli_dir = str(tmp_path / "cli")
