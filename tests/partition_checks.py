@@ -22,6 +22,7 @@ import sys       # noqa: E402
 import tempfile  # noqa: E402
 
 import jax                # noqa: E402
+import jax.extend.core    # noqa: E402,F401  (jaxprs_in_params)
 import jax.numpy as jnp   # noqa: E402
 import numpy as np        # noqa: E402
 
@@ -45,17 +46,17 @@ MESHES = ((8, 1), (4, 2), (2, 4))
 OPS_FILES = ("sleepjax/ops/", "pallas_kernels/")
 
 
-def build(gdn_impl="chunked"):
+def build(gdn_impl="chunked", passes=SLEEP["passes"]):
     model_cfg = ModelConfig(**MODEL, gdn_impl=gdn_impl)
-    model = SleepLM(model_cfg, SleepConfig(**SLEEP))
+    model = SleepLM(model_cfg, SleepConfig(**{**SLEEP, "passes": passes}))
     optimizer = make_optimizer(OptimConfig(warmup_fraction=0.0, muon_lr=0.02, adam_lr=0.01), 10)
     return model_cfg, model, optimizer
 
 
-def make_batch():
+def make_batch(seq=SEQ):
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, MODEL["vocab_size"], size=(BATCH, SEQ + 1)).astype(np.int32)
-    mask = (rng.random((BATCH, SEQ)) < 0.7).astype(np.float32)
+    tokens = rng.integers(0, MODEL["vocab_size"], size=(BATCH, seq + 1)).astype(np.int32)
+    mask = (rng.random((BATCH, seq)) < 0.7).astype(np.float32)
     return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask}
 
 
@@ -135,15 +136,31 @@ def _train_step_on(mesh, model_cfg, train_step, state_host, batch_host, abstract
     return new_state, metrics, compiled.as_text(), kept
 
 
-def case_train(gdn_impl="chunked", meshes=MESHES, reference_impl="chunked"):
+def shard_map_in_specs(fn, *args):
+    """in_specs of every ``shard_map`` in the jaxpr of ``fn(*args)`` (nested jaxprs included)."""
+    found = []
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "shard_map":
+                found.append([str(spec) for spec in eqn.params["in_specs"]])
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def case_train(gdn_impl="chunked", meshes=MESHES, reference_impl="chunked", seq=SEQ,
+               passes=SLEEP["passes"]):
     """One training step on each mesh == the same step on one device (no mesh at all)."""
-    ref_cfg, ref_model, optimizer = build(reference_impl)
+    ref_cfg, ref_model, optimizer = build(reference_impl, passes)
     state_host = jax.device_get(jax.jit(lambda r, t: init_train_state(ref_model, optimizer, r, t))(
-        jax.random.PRNGKey(0), jnp.zeros((1, SEQ), jnp.int32)))
-    batch_host = make_batch()
+        jax.random.PRNGKey(0), jnp.zeros((1, seq), jnp.int32)))
+    batch_host = make_batch(seq)
     ref_state, ref_metrics = jax.jit(make_train_step(ref_model, optimizer))(state_host, batch_host)
     ref_state, ref_metrics = jax.device_get((ref_state, ref_metrics))
-    model_cfg, model, _ = build(gdn_impl)
+    model_cfg, model, _ = build(gdn_impl, passes)
     train_step = make_train_step(model, optimizer)
     abstract_state = jax.eval_shape(lambda: state_host)
     results = {"reference_loss": float(ref_metrics["loss"]), "meshes": {}}
@@ -153,7 +170,7 @@ def case_train(gdn_impl="chunked", meshes=MESHES, reference_impl="chunked"):
             mesh, model_cfg, train_step, state_host, batch_host, abstract_state)
         abs_p, rel_p = max_diffs(new_state.params, ref_state.params)
         abs_o, rel_o = max_diffs(new_state.opt_state, ref_state.opt_state)
-        results["meshes"][f"{shape[0]}x{shape[1]}"] = {
+        row = results["meshes"][f"{shape[0]}x{shape[1]}"] = {
             "loss": float(metrics["loss"]),
             "loss_abs_diff": abs(float(metrics["loss"]) - float(ref_metrics["loss"])),
             "grad_norm_rel_diff": abs(float(metrics["grad_norm"]) - float(ref_metrics["grad_norm"]))
@@ -164,6 +181,13 @@ def case_train(gdn_impl="chunked", meshes=MESHES, reference_impl="chunked"):
             "shardings_kept": kept,
             **loop_report(hlo_text),
         }
+        if gdn_impl == "pallas":
+            # How the kernel is wrapped: each shard_map's in_specs as traced in the real step.
+            shardings = pt.train_state_shardings(abstract_state, mesh, model_cfg)
+            with jax.set_mesh(mesh):
+                row["pallas_shard_map_in_specs"] = shard_map_in_specs(
+                    train_step, jax.device_put(state_host, shardings),
+                    pt.make_global_batch(batch_host, mesh))
     return results
 
 
@@ -248,7 +272,8 @@ def case_checkpoint():
 
 def case_pallas():
     """The Pallas gated delta rule (interpret mode on CPU) inside the partitioned step."""
-    return case_train(gdn_impl="pallas", meshes=((2, 4),), reference_impl="chunked")
+    # One sleeping window + one token and 2 passes: interpret-mode Pallas is slow on CPU.
+    return case_train(gdn_impl="pallas", meshes=((2, 4),), reference_impl="chunked", seq=9, passes=2)
 
 
 CASES = {"train": case_train, "stream": case_stream, "checkpoint": case_checkpoint,

@@ -19,7 +19,7 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
+from jax.sharding import PartitionSpec
 
 SCRIPT = pathlib.Path(__file__).with_name("partition_checks.py")
 REPO = SCRIPT.parent.parent
@@ -29,7 +29,7 @@ PARAM_RTOL = 1e-4
 LOGITS_ATOL = 1e-4
 
 
-def run_case(case: str, timeout: int = 900) -> dict:
+def run_case(case: str, timeout: int = 1500) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     env["JAX_PLATFORMS"] = "cpu"
@@ -93,9 +93,13 @@ def test_checkpoint_restores_across_meshes():
 
 
 def test_pallas_gated_delta_rule_inside_partitioned_step():
-    pytest.importorskip("pallas_kernels.gated_delta_rule.api",
-                        reason="the Pallas gated delta rule is not in this checkout")
     result = run_case("pallas")
     r = result["meshes"]["2x4"]
     _check_step_matches("pallas 2x4", r)
-    _check_recurrence_is_local("pallas 2x4", r)
+    # The kernel is wrapped in shard_map (so Mosaic never meets the auto-partitioner) and each
+    # device gets its own (batch, head) slice: batch over "data", heads over "model". Replicated
+    # in_specs would be correct but would all-gather q/k/v and run the whole kernel everywhere.
+    specs = r["pallas_shard_map_in_specs"]
+    assert specs, "the Pallas op was not wrapped in shard_map inside the partitioned step"
+    for in_specs in specs:
+        assert in_specs[0] == str(PartitionSpec("data", None, "model", None)), in_specs

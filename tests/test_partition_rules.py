@@ -150,6 +150,17 @@ def test_batch_and_stream_state_specs():
 def test_constrain_is_a_noop_without_mesh():
     x = jnp.ones((4, 2))
     assert pt.constrain(x, ("batch", None)) is x
+    assert pt.activation_mesh_axes("heads", 4) is None
+
+
+def test_activation_mesh_axes_follow_the_logical_rules():
+    mesh = abstract_mesh(2, 4, fsdp=1)
+    assert pt.activation_mesh_axes("batch", 8, mesh) == "data"
+    assert pt.activation_mesh_axes("heads", 4, mesh) == "model"
+    assert pt.activation_mesh_axes("batch", 8, abstract_mesh(2, 1, fsdp=2)) == ("data", "fsdp")
+    assert pt.activation_mesh_axes("length", 8, mesh) is None
+    with pytest.raises(ValueError, match="heads"):
+        pt.activation_mesh_axes("heads", 6, mesh)
 
 
 def test_host_shard_info_single_process():
@@ -242,6 +253,7 @@ def test_hlo_parser_counts_bytes_and_finds_loops():
     module = hlo_collectives.HloModule(_HLO)
     # all-gather operand f32[8] once; all-reduce f32[8] inside a loop run 3 times
     assert module.bytes_by_kind() == {"all-gather": 32, "all-reduce": 3 * 32}
+    assert module.bytes_by_kind(include_loops=False) == {"all-gather": 32}
     loops = {lp.name: lp for lp in module.while_loops()}
     assert loops["w"].function == "scan_tokens" and not loops["w"].has_collectives
     assert loops["w"].trip_count == 4

@@ -188,9 +188,11 @@ class HloModule:
         shapes = {i.name: i.shape for i in self.computations[computation]}
         return sum(shape_bytes(shapes.get(op, "")) for op in instr.operands)
 
-    def bytes_by_kind(self, computation: str | None = None, _memo=None) -> dict[str, int]:
-        """Bytes communicated by one execution of ``computation`` (default: the entry),
-        by collective kind; loop bodies count ``trip_count`` times (once if unknown)."""
+    def bytes_by_kind(self, computation: str | None = None, *, include_loops: bool = True,
+                      _memo=None) -> dict[str, int]:
+        """Bytes communicated by one execution of ``computation`` (default: the entry), by
+        collective kind; loop bodies count ``trip_count`` times (once if unknown), or not at
+        all with ``include_loops=False``."""
         memo = {} if _memo is None else _memo
         computation = self.entry if computation is None else computation
         if computation in memo:
@@ -200,9 +202,11 @@ class HloModule:
             kind = instr.collective_kind
             if kind:
                 totals[kind] += self._operand_bytes(computation, instr)
-            repeat = instr.trip_count or 1 if instr.opcode == "while" else 1
+            if instr.opcode == "while" and not include_loops:
+                continue
+            repeat = (instr.trip_count or 1) if instr.opcode == "while" else 1
             for callee in instr.called:
-                for k, v in self.bytes_by_kind(callee, memo).items():
+                for k, v in self.bytes_by_kind(callee, include_loops=include_loops, _memo=memo).items():
                     totals[k] += v * repeat
         memo[computation] = dict(totals)
         return memo[computation]
@@ -242,7 +246,7 @@ class HloModule:
                     name=instr.name, op_name=instr.op_name, function=function, file=file, line=line,
                     trip_count=instr.trip_count,
                     collectives=self.collective_counts(body, count_memo),
-                    body_bytes=self.bytes_by_kind(body, bytes_memo)))
+                    body_bytes=self.bytes_by_kind(body, _memo=bytes_memo)))
         return loops
 
 
