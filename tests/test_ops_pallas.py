@@ -92,7 +92,7 @@ def test_pallas_continuation_and_strong_decay():
                                                      ("cuda", "gpu", "triton")])
 def test_kernels_lower_for_hardware(platform, backend, marker):
     """Forward and backward lower for TPU (Mosaic) and CUDA (Triton) from a CPU host."""
-    bsz, seq, heads, dk, dv = 2, 100, 4, 64, 32
+    bsz, seq, heads, dk, dv = 2, 150, 4, 64, 32   # padded T = 192: not a power of two
     spec = lambda shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt)
     args = (spec((bsz, seq, heads, dk), jnp.bfloat16), spec((bsz, seq, heads, dk), jnp.bfloat16),
             spec((bsz, seq, heads, dv), jnp.bfloat16), spec((bsz, seq, heads)), spec((bsz, seq, heads)),

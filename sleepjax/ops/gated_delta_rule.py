@@ -77,9 +77,18 @@ def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, scale=None, chunk_
       scale: multiplier of the read-out, default ``1/sqrt(K)``.
       chunk_size: chunk length of the chunked and Pallas forms (any T works; inputs are
         padded internally with exact no-op steps).
-      impl: ``"recurrent"`` (reference ``lax.scan`` over time, also the T=1 decode path),
-        ``"chunked"`` (pure-JAX WY/UT chunked form) or ``"pallas"`` (Pallas kernels; run in
-        interpret mode on CPU).
+      impl: ``"recurrent"``: the reference, a float32 ``lax.scan`` over time (also the
+        T = 1 decode path). ``"chunked"``: pure-JAX WY/UT chunked form
+        (``sleepjax.ops.gdr_chunked``): all chunks' intra-chunk work in parallel, a
+        rematerialised scan over chunks carrying only the state. ``"pallas"``: Pallas
+        forward kernels (``pallas_kernels.gated_delta_rule``; Mosaic on TPU, Triton on GPU,
+        interpret mode on CPU) with an exact backward through the chunked form; inputs
+        sharded over a multi-device mesh (batch/head axes) run under ``jax.shard_map``.
+
+    Raises:
+      ValueError: wrong ranks or shapes (the message names the argument and shows the
+        shapes seen), ``initial_state`` not ``[B, H, K, V]``, unknown ``impl``, a bad
+        ``chunk_size``, or (for concrete inputs) a positive ``g``.
     """
     _, _, _, dk, _ = validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size)
     scale = float(dk) ** -0.5 if scale is None else float(scale)
