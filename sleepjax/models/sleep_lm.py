@@ -217,6 +217,9 @@ class SleepLM(nn.Module):
     :mod:`sleepjax.models`); ``.apply({"params": p}, tokens)`` returns float32 logits
     ``[B, T, vocab]`` (see :func:`forward_sequence`). Concrete token ids outside
     ``[0, vocab)`` raise ValueError before any compute.
+
+    Like any linen ``init``, ``SleepLM.init`` also runs the forward (eagerly unless jitted);
+    :func:`init_params` builds the same tree without it.
     """
 
     model_cfg: ModelConfig
