@@ -18,7 +18,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import json      # noqa: E402
+import pathlib   # noqa: E402
 import sys       # noqa: E402
+
+# The repository root (for the top-level pallas_kernels package when run as a script).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import tempfile  # noqa: E402
 
 import jax                # noqa: E402
@@ -136,15 +140,27 @@ def _train_step_on(mesh, model_cfg, train_step, state_host, batch_host, abstract
     return new_state, metrics, compiled.as_text(), kept
 
 
-def shard_map_in_specs(fn, *args):
-    """in_specs of every ``shard_map`` in the jaxpr of ``fn(*args)`` (nested jaxprs included)."""
+def _contains_primitive(jaxpr, name):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == name:
+            return True
+        if any(_contains_primitive(sub, name) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
+            return True
+    return False
+
+
+def kernel_shard_map_in_specs(fn, *args):
+    """in_specs of every ``shard_map`` that wraps a ``pallas_call`` in the jaxpr of ``fn(*args)``
+    (other shard_maps, e.g. JAX's own for partitionable PRNG, are ignored)."""
     found = []
 
     def visit(jaxpr):
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "shard_map":
+            subs = list(jax.extend.core.jaxprs_in_params(eqn.params))
+            if eqn.primitive.name == "shard_map" and any(_contains_primitive(j, "pallas_call") for j in subs):
                 found.append([str(spec) for spec in eqn.params["in_specs"]])
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                continue
+            for sub in subs:
                 visit(sub)
 
     visit(jax.make_jaxpr(fn)(*args).jaxpr)
@@ -185,7 +201,7 @@ def case_train(gdn_impl="chunked", meshes=MESHES, reference_impl="chunked", seq=
             # How the kernel is wrapped: each shard_map's in_specs as traced in the real step.
             shardings = pt.train_state_shardings(abstract_state, mesh, model_cfg)
             with jax.set_mesh(mesh):
-                row["pallas_shard_map_in_specs"] = shard_map_in_specs(
+                row["pallas_shard_map_in_specs"] = kernel_shard_map_in_specs(
                     train_step, jax.device_put(state_host, shardings),
                     pt.make_global_batch(batch_host, mesh))
     return results
