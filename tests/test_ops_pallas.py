@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 
 from conftest_ops import compare_to_recurrent, make_inputs, rel_rms
 from pallas_kernels.gated_delta_rule.api import gated_delta_rule_pallas, kernel_geometry
@@ -45,14 +46,18 @@ def test_pallas_matches_recurrent(seq, dk, dv, chunk, dtype):
     compare_to_recurrent("pallas", args, chunk, tol_out=tol[0], tol_grad=tol[1])
 
 
-@pytest.mark.parametrize("backend", ["tpu", "gpu"])
-def test_each_kernel_flavour_forward(backend):
-    """Forward of both kernels in interpret mode, T not a multiple of C, K != V."""
+@pytest.mark.parametrize("backend,tpu_interpret_mode", [("tpu", False), ("tpu", True), ("gpu", False)])
+def test_each_kernel_flavour_forward(backend, tpu_interpret_mode):
+    """Forward of both kernels in interpret mode, T not a multiple of C, K != V. The TPU
+    kernel also runs in TPU interpret mode, which simulates VMEM and fills uninitialised
+    memory with NaN (catches a scratch state read before it is written)."""
     q, k, v, g, beta, h0 = make_inputs(11, 2, 45, 2, 16, 32)
     o_ref, s_ref = jax.jit(lambda *a: gated_delta_rule(*a[:5], initial_state=a[5], impl="recurrent"))(
         q, k, v, g, beta, h0)
+    interpret = pltpu.InterpretParams(uninitialized_memory="nan") if tpu_interpret_mode else None
     o, s = jax.jit(lambda *a: gated_delta_rule_pallas(
-        *a[:5], initial_state=a[5], scale=0.25, chunk_size=16, backend=backend))(q, k, v, g, beta, h0)
+        *a[:5], initial_state=a[5], scale=0.25, chunk_size=16, backend=backend, interpret=interpret))(
+        q, k, v, g, beta, h0)
     assert rel_rms(o, o_ref) < F32_TOL_OUT and rel_rms(s, s_ref) < F32_TOL_OUT
 
 

@@ -27,7 +27,7 @@ class KernelConfig(NamedTuple):
     scale: float
     chunk_size: int      # the caller's chunk size (used by the recomputing backward)
     backend: str         # "tpu" | "gpu": which kernel
-    interpret: bool
+    interpret: object    # bool, or pltpu.InterpretParams for the TPU kernel
 
 
 def _next_pow2(n):
@@ -71,7 +71,8 @@ def select_backend(arrays, backend=None, interpret=None):
         interpret = platform not in native
     # interpret=False off the kernel's hardware is allowed: it is how one lowers/exports
     # for TPU or GPU from a CPU host (``jax.export``); running it there would fail.
-    return backend, bool(interpret)
+    # A ``pltpu.InterpretParams`` (TPU interpret mode) is passed through unchanged.
+    return backend, (bool(interpret) if isinstance(interpret, (bool, int)) else interpret)
 
 
 def _to_kernel_layout(x, total, width):
@@ -177,7 +178,9 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, initial_state=None, scale, chun
       backend: ``"tpu"`` (Mosaic) or ``"gpu"`` (Triton) kernel; default from the inputs'
         platform (CPU -> the TPU kernel in interpret mode).
       interpret: Pallas interpret mode; default True exactly when the kernel's hardware
-        is not the inputs' platform. Pass False to lower/export for TPU/GPU from a CPU host.
+        is not the inputs' platform. Pass False to lower/export for TPU/GPU from a CPU host,
+        or a ``pltpu.InterpretParams`` to run the TPU kernel in TPU interpret mode (which
+        simulates VMEM and can fill uninitialised memory with NaN).
 
     Inputs sharded over a multi-device mesh (batch and/or head axes; concrete arrays, or
     tracers under explicit-axis sharding) run under ``jax.shard_map`` so each device runs
