@@ -54,8 +54,11 @@ def validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size):
             "initial_state", f"must be [B, H, K, V] = {(bsz, heads, dk, dv)}",
             initial_state=initial_state.shape, **shapes)
     # Positive log-decays would make the state grow without bound. Only concrete
-    # values can be checked; under jit the caller's parameterisation guarantees g <= 0.
-    if not isinstance(g, jax.core.Tracer):
+    # values can be checked (and only host-readable ones: not under jit, not an array
+    # spread over other processes); elsewhere the caller's parameterisation guarantees it.
+    readable = not isinstance(g, jax.core.Tracer) and (
+        not isinstance(g, jax.Array) or g.is_fully_addressable)
+    if readable:
         g_max = float(np.max(np.asarray(g))) if g.size else 0.0
         if g_max > 0.0:
             raise ValueError(
