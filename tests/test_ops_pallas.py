@@ -145,6 +145,13 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         with jax.set_mesh(mesh):
             o, s = jax.jit(run)(*sharded)                      # traced
         assert rel_rms(o, o_ref) < 1e-6 and rel_rms(s, s_ref) < 1e-6
+        if axis_type == AxisType.Explicit:                     # custom_vjp inside shard_map
+            loss = lambda *a: sum(jnp.sum(x ** 2) for x in run(*a))
+            grad = jax.jit(jax.grad(loss, argnums=(0, 3, 5)))
+            with jax.set_mesh(mesh):
+                grads = grad(*sharded)
+            for g_sharded, g_single in zip(grads, grad(*args)):
+                assert rel_rms(g_sharded, g_single) < 1e-5
     time_sharded = [jax.device_put(x, NamedSharding(mesh, P(None, "data"))) for x in args[:5]]
     try:
         run(*time_sharded[:5], args[5])
