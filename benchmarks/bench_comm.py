@@ -113,6 +113,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=256)
     parser.add_argument("--gdn-impl", default="chunked")
+    parser.add_argument("--chunk", type=int, default=8,
+                        help="GDN chunk size (< window, so the chunk scan is a real loop in the HLO)")
     parser.add_argument("--time", type=int, default=0, metavar="STEPS",
                         help="also time STEPS steps per mesh (meaningful only on real devices)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of markdown")
@@ -122,7 +124,8 @@ def main(argv=None):
 
     model_cfg = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, layer_pattern=args.pattern,
                             attn_heads=args.heads, attn_head_dim=args.head_dim, gdn_heads=args.heads,
-                            gdn_head_dim=args.head_dim, gdn_impl=args.gdn_impl)
+                            gdn_head_dim=args.head_dim, gdn_impl=args.gdn_impl,
+                            gdn_chunk_size=args.chunk)
     sleep_cfg = SleepConfig(window=args.window, passes=args.passes)
     model = SleepLM(model_cfg, sleep_cfg)
     optimizer = make_optimizer(OptimConfig(), 100)
@@ -143,7 +146,7 @@ def main(argv=None):
 
     print(f"model: d={args.d_model} pattern={args.pattern} heads={args.heads}x{args.head_dim} "
           f"params={n_params:,} ({human(4 * n_params)} f32); window={args.window} passes={args.passes} "
-          f"batch={args.batch}x{args.seq} tokens; gdn_impl={args.gdn_impl}; "
+          f"batch={args.batch}x{args.seq} tokens; gdn_impl={args.gdn_impl} chunk={args.chunk}; "
           f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}")
     header = ["mesh (data x [fsdp x] model)"] + list(KINDS) + [
         "total / step", "of which inside loops", "total / param bytes",
