@@ -1,0 +1,1 @@
+"""Partitioning tools beyond the rules in :mod:`sleepjax.partitioning` (HLO collective analysis)."""
