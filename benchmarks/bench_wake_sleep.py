@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -35,11 +36,13 @@ def median_seconds(fns, repeats):
     for fn in fns:
         jax.block_until_ready(fn())                   # compile + warm up
     times = [[] for _ in fns]
+    order = np.random.RandomState(0)
     for _ in range(repeats):
-        for fn, acc in zip(fns, times):
+        # a fresh order every round: no function always runs right after a cache-sweeping one
+        for i in order.permutation(len(fns)):
             start = time.perf_counter()
-            jax.block_until_ready(fn())
-            acc.append(time.perf_counter() - start)
+            jax.block_until_ready(fns[i]())
+            times[i].append(time.perf_counter() - start)
     return [(statistics.median(acc), min(acc)) for acc in times]
 
 
@@ -74,22 +77,23 @@ def wake_latency(model_cfg, window, far_windows, repeats):
 
 
 def sleep_cost(model_cfg, window, passes_list, repeats):
+    """One window's parallel wake pass and one sleep for each N, all timed interleaved."""
     params = init_params(model_cfg, jax.random.PRNGKey(0))
     tokens = jnp.asarray(np.random.RandomState(1).randint(0, model_cfg.vocab_size, (1, window)),
                          jnp.int32)
-    rows = {}
+    prefill_cfg = SleepConfig(window=window, passes=1)
+    forward = jax.jit(forward_sequence, static_argnames=("model_cfg", "sleep_cfg"))
+    fns = [lambda: forward(params, tokens, model_cfg=model_cfg, sleep_cfg=prefill_cfg)]
     for passes in passes_list:
         sleep_cfg = SleepConfig(window=window, passes=passes)
         state = inference.init_state(model_cfg, sleep_cfg, 1)
         for i in range(window):                        # fill one window without sleeping
             _, state = inference._wake_step_jit(params, state, tokens[:, i], model_cfg=model_cfg,
                                                 sleep_cfg=sleep_cfg)
-        forward = jax.jit(forward_sequence, static_argnames=("model_cfg", "sleep_cfg"))
-        rows[passes] = median_seconds(
-            [lambda: forward(params, tokens, model_cfg=model_cfg, sleep_cfg=sleep_cfg),
-             lambda: inference._sleep_jit(params, state, model_cfg=model_cfg, sleep_cfg=sleep_cfg)],
-            repeats)
-    return rows
+        fns.append(functools.partial(inference._sleep_jit, params, state, model_cfg=model_cfg,
+                                     sleep_cfg=sleep_cfg))
+    (t_prefill, _), *sleeps = median_seconds(fns, repeats)
+    return {passes: (t_prefill, t_sleep) for passes, (t_sleep, _) in zip(passes_list, sleeps)}
 
 
 def train_memory(model_cfg, window, seq_len, batch, settings):
@@ -135,7 +139,7 @@ def main():
               f"{t[far][0] / t[1][0]:.2f}, min {t[far][1] / t[1][1]:.2f}")
 
     print("\n[2] one sleep vs one window prefill (batch 1)")
-    for passes, ((t_prefill, _), (t_sleep, _)) in sleep_cost(cfg, window, (1, 2, 4), repeats).items():
+    for passes, (t_prefill, t_sleep) in sleep_cost(cfg, window, (1, 2, 4), repeats).items():
         print(f"  N={passes}: prefill {t_prefill * 1e3:8.3f} ms  sleep {t_sleep * 1e3:8.3f} ms  "
               f"sleep/prefill {t_sleep / t_prefill:5.2f}  (prefill+sleep)/prefill "
               f"{(t_prefill + t_sleep) / t_prefill:5.2f}   (medians)")
