@@ -144,7 +144,11 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         assert rel_rms(o, o_ref) < 1e-6 and rel_rms(s, s_ref) < 1e-6
         with jax.set_mesh(mesh):
             o, s = jax.jit(run)(*sharded)                      # traced
+            jaxpr = jax.jit(run).trace(*sharded).jaxpr
         assert rel_rms(o, o_ref) < 1e-6 and rel_rms(s, s_ref) < 1e-6
+        # Explicit axes: read from the tracers' types; Auto: from sleepjax.partitioning rules.
+        (kernel_map,) = [e for e in jaxpr.eqns if e.primitive.name == "shard_map"]
+        assert tuple(kernel_map.params["in_specs"][0]) == ("data", None, "model", None), kernel_map.params["in_specs"]
         if axis_type == AxisType.Explicit:                     # custom_vjp inside shard_map
             loss = lambda *a: sum(jnp.sum(x ** 2) for x in run(*a))
             grad = jax.jit(jax.grad(loss, argnums=(0, 3, 5)))

@@ -140,17 +140,28 @@ def _spec_entries(sharding, ndim):
     return spec + (None,) * (ndim - len(spec))
 
 
-def shard_map_specs(q, k, v, g, beta, h0):
+def _active_mesh():
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or getattr(mesh, "empty", False) or not mesh.shape or mesh.size <= 1:
+        return None
+    return mesh
+
+
+def shard_map_specs(q, k, v, g, beta, h0, mesh_axes=None):
     """(mesh, batch_axes, head_axes) from the inputs' shardings, or None when single-device.
 
     Batch and head axes may be sharded (each (batch, head) recurrence is independent);
     time and feature axes must not be (that would need a cross-device state hand-off).
+    ``mesh_axes`` = (batch_axes, head_axes) is the caller's layout for traced inputs on an
+    ``AxisType.Auto`` mesh, whose types carry no sharding; it is used only when the inputs
+    show no sharded batch/head axis and a multi-device mesh is active.
     """
     named = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state": h0}
     shardings = {name: _named_sharding(x) for name, x in named.items()}
     found = [s for s in shardings.values() if s is not None]
     if not found:
-        return None
+        mesh = _active_mesh() if mesh_axes is not None else None
+        return None if mesh is None else (mesh, *mesh_axes)
     # Which axes of each input hold batch / time / heads / features.
     roles = {"q": "bthf", "k": "bthf", "v": "bthf", "g": "bth", "beta": "bth", "initial_state": "bhff"}
     batch_axes = head_axes = None
@@ -167,11 +178,13 @@ def shard_map_specs(q, k, v, g, beta, h0):
         b_entry, h_entry = entries[roles[name].index("b")], entries[roles[name].index("h")]
         if batch_axes is None and head_axes is None:
             batch_axes, head_axes = b_entry, h_entry
+    if batch_axes is None and head_axes is None and mesh_axes is not None:
+        batch_axes, head_axes = mesh_axes
     return found[0].mesh, batch_axes, head_axes
 
 
 def gated_delta_rule_pallas(q, k, v, g, beta, *, initial_state=None, scale, chunk_size=64,
-                            backend=None, interpret=None):
+                            backend=None, interpret=None, mesh_axes=None):
     """Gated delta rule with Pallas forward kernels; contract of ``sleepjax.ops.gated_delta_rule``.
 
     Args beyond the common ones:
@@ -182,9 +195,15 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, initial_state=None, scale, chun
         or a ``pltpu.InterpretParams`` to run the TPU kernel in TPU interpret mode (which
         simulates VMEM and can fill uninitialised memory with NaN).
 
-    Inputs sharded over a multi-device mesh (batch and/or head axes; concrete arrays, or
-    tracers under explicit-axis sharding) run under ``jax.shard_map`` so each device runs
-    the kernel on its own (batch, head) slice; outputs keep that sharding.
+      mesh_axes: optional ``(batch_axes, head_axes)`` mesh-axis names (PartitionSpec
+        entries) of the inputs' batch and head dims, for traced inputs on an Auto-axis mesh
+        set with ``jax.set_mesh`` (their types carry no sharding to read).
+
+    Inputs sharded over a multi-device mesh (batch and/or head axes; concrete arrays,
+    tracers under explicit-axis sharding, or ``mesh_axes`` under an active mesh) run under
+    ``jax.shard_map`` so each device runs the kernel on its own (batch, head) slice. With
+    a multi-device mesh but no visible layout the kernel runs replicated (correct, but
+    every device does all the work).
     """
     bsz, _, heads, dk = q.shape
     dv = v.shape[-1]
@@ -192,7 +211,7 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, initial_state=None, scale, chun
     backend, interpret = select_backend((q, k, v, g, beta, h0), backend, interpret)
     cfg = KernelConfig(scale=float(scale), chunk_size=int(chunk_size), backend=backend, interpret=interpret)
     run = functools.partial(_gdr_pallas, cfg)
-    layout = shard_map_specs(q, k, v, g, beta, h0)
+    layout = shard_map_specs(q, k, v, g, beta, h0, mesh_axes)
     if layout is None:
         return run(q, k, v, g, beta, h0)
     mesh, b_ax, h_ax = layout
