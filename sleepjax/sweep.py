@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
+from sleepjax import partitioning
 from sleepjax.training import plots
 from sleepjax.training.checkpointing import ConfigMismatchError
 from sleepjax.training.config import apply_overrides, load_config_module
@@ -114,6 +115,8 @@ def main(argv) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
+    # Join a multi-host job first (a no-op for one process): see sleepjax.partitioning.
+    partitioning.initialize_distributed()
     started = time.perf_counter()
     try:
         points = sweep_points(config_flags.get_config_filename(flags.FLAGS["config"]), _PASSES.value)

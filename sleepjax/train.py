@@ -17,6 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from sleepjax import partitioning
 from sleepjax.training.checkpointing import ConfigMismatchError
 from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
 
@@ -37,6 +38,8 @@ def main(argv) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
+    # Join a multi-host job first (a no-op for one process): see sleepjax.partitioning.
+    partitioning.initialize_distributed()
     if _CACHE.value:
         import jax
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)
