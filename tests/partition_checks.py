@@ -150,15 +150,19 @@ def _contains_primitive(jaxpr, name):
 
 
 def kernel_shard_map_in_specs(fn, *args):
-    """in_specs of every ``shard_map`` that wraps a ``pallas_call`` in the jaxpr of ``fn(*args)``
-    (other shard_maps, e.g. JAX's own for partitionable PRNG, are ignored)."""
+    """Inputs of every ``shard_map`` that wraps a ``pallas_call`` in the jaxpr of ``fn(*args)``:
+    one list per shard_map of ``[spec, global shape, per-device shape]`` (other shard_maps,
+    e.g. JAX's own for partitionable PRNG, are ignored)."""
     found = []
 
     def visit(jaxpr):
         for eqn in jaxpr.eqns:
             subs = list(jax.extend.core.jaxprs_in_params(eqn.params))
             if eqn.primitive.name == "shard_map" and any(_contains_primitive(j, "pallas_call") for j in subs):
-                found.append([str(spec) for spec in eqn.params["in_specs"]])
+                body = eqn.params["jaxpr"]
+                found.append([[str(spec), list(outer.aval.shape), list(inner.aval.shape)]
+                              for spec, outer, inner in zip(eqn.params["in_specs"], eqn.invars,
+                                                            body.invars)])
                 continue
             for sub in subs:
                 visit(sub)
