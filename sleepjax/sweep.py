@@ -7,6 +7,7 @@ trains every N of the config file's ``get_sweep()`` (or ``--passes=1,2``) in
 table, also printed), ``accuracy_vs_passes.png``, ``accuracy_vs_tokens.png`` and
 ``accuracy_vs_difficulty.png``. Each run
 resumes from its own checkpoints, so an interrupted sweep continues where it stopped.
+In a multi-host job every process runs the sweep; only the primary one writes these files.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sleepjax.training import plots
 from sleepjax.training.checkpointing import ConfigMismatchError
 from sleepjax.training.config import apply_overrides, load_config_module
 from sleepjax.training.evaluate import write_json
+from sleepjax.training import logging as run_logging
 from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -86,20 +88,37 @@ def run_sweep(cfg, workdir: str, points: Sequence[Mapping]) -> dict:
         result = train_and_evaluate(run_cfg, run_dir)
         final = result["final_eval"]
         difficulty_name = result["difficulty_name"]
-        # From the log rather than result["losses"]: a finished run that is rerun trains no step.
-        with open(os.path.join(run_dir, "train_log.jsonl")) as f:
-            losses = [json.loads(line)["loss"] for line in f if line.strip()]
         rows.append({"passes": passes, "run": name, "overrides": dict(point),
                      "accuracy": final["accuracy"], "examples": final["examples"],
                      "eval_loss": final["loss"], "tokens_seen": final["tokens_seen"],
-                     "final_train_loss": losses[-1] if losses else float("nan"),
+                     "final_train_loss": _final_train_loss(result, run_dir),
                      "wall_time_s": result["wall_time_s"]})
         histories[passes] = result["history"]
         finals[passes] = final["accuracy"]
     table = format_table(rows, difficulty_name)
+    if run_logging.is_primary_process():   # the only host that writes the sweep's files
+        _write_sweep_outputs(workdir, rows, table, histories, finals, difficulty_name,
+                             time.perf_counter() - started)
+    return {"rows": rows, "table": table}
+
+
+def _final_train_loss(result: Mapping, run_dir: str) -> float:
+    """The run's last training loss: from this invocation, or, when a finished run was rerun
+    and trained no step, from its ``train_log.jsonl`` (nan if that is not readable here)."""
+    if result["losses"]:
+        return result["losses"][-1][1]
+    path = os.path.join(run_dir, run_logging.RunLogger.TRAIN_LOG_FILE)
+    if not os.path.exists(path):
+        return float("nan")
+    with open(path) as f:
+        losses = [json.loads(line)["loss"] for line in f if line.strip()]
+    return losses[-1] if losses else float("nan")
+
+
+def _write_sweep_outputs(workdir, rows, table, histories, finals, difficulty_name,
+                         wall_time_s) -> None:
     write_json(os.path.join(workdir, "accuracy_vs_passes.json"),
-               {"difficulty_name": difficulty_name, "rows": rows,
-                "total_wall_time_s": time.perf_counter() - started})
+               {"difficulty_name": difficulty_name, "rows": rows, "total_wall_time_s": wall_time_s})
     with open(os.path.join(workdir, "accuracy_vs_passes.md"), "w") as f:
         f.write(table + "\n")
     plots.plot_accuracy_vs_passes(finals, os.path.join(workdir, "accuracy_vs_passes.png"),
@@ -107,7 +126,6 @@ def run_sweep(cfg, workdir: str, points: Sequence[Mapping]) -> dict:
     plots.plot_accuracy_vs_tokens(histories, os.path.join(workdir, "accuracy_vs_tokens.png"))
     plots.plot_accuracy_vs_difficulty(finals, os.path.join(workdir, "accuracy_vs_difficulty.png"),
                                       difficulty_name=difficulty_name)
-    return {"rows": rows, "table": table}
 
 
 def main(argv) -> int:
@@ -125,8 +143,10 @@ def main(argv) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(result["table"])
-    print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md,png}}, "
-          f"accuracy_vs_tokens.png, accuracy_vs_difficulty.png; total wall time {time.perf_counter() - started:.0f} s")
+    if run_logging.is_primary_process():
+        print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md,png}}, "
+              f"accuracy_vs_tokens.png, accuracy_vs_difficulty.png; "
+              f"total wall time {time.perf_counter() - started:.0f} s")
     return 0
 
 

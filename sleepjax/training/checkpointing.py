@@ -9,19 +9,24 @@ One orbax ``CheckpointManager`` step directory holds three items:
   with a different experiment.
 
 Restoring takes abstract arrays carrying the target shardings, so a checkpoint written on one
-mesh restores onto another.
+mesh restores onto another. :func:`load_params` restores only the trained parameters (and the
+run's config) of a workdir, e.g. for inference.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
-from sleepjax.training.config import config_differences, flatten_config
+from sleepjax.models.config import ModelConfig, SleepConfig
+from sleepjax.training.config import config_differences, flatten_config, validate_config
+
+CHECKPOINT_SUBDIR = "checkpoints"   # <workdir>/checkpoints/<step>/ (see trainer.py)
 
 
 class ConfigMismatchError(ValueError):
@@ -100,3 +105,115 @@ def abstract_like(tree, shardings):
     """``jax.ShapeDtypeStruct`` tree of ``tree`` carrying ``shardings`` (the restore target)."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         tree, shardings)
+
+
+class TrainedParams(NamedTuple):
+    """What :func:`load_params` returns."""
+
+    params: Any                           # the model's ``params`` pytree (``model.apply({"params": ...})``)
+    step: int                             # the training step the checkpoint was written at
+    config: ml_collections.ConfigDict     # the run's experiment config (as saved with the checkpoint)
+    model: ModelConfig                    # resolved model config (vocab size from the task)
+    sleep: SleepConfig                    # resolved sleep config (window from the task if unset)
+
+
+def load_params(workdir: str, step: int | None = None, *, sharding=None) -> TrainedParams:
+    """Restore the trained parameters and config of a run directory written by ``sleepjax.train``.
+
+    Only ``params`` is read from the checkpoint's train state (not the optimiser state).
+
+    Args:
+      workdir: the run's ``--workdir`` (holding ``checkpoints/<step>/``).
+      step: which checkpoint; default the latest.
+      sharding: where the parameters go: ``None`` (the first local device), one
+        ``jax.sharding.Sharding`` for every leaf (e.g. ``NamedSharding(mesh, P())`` to replicate
+        over a mesh), or a pytree of shardings shaped like the parameters.
+
+    Returns:
+      :class:`TrainedParams` ``(params, step, config, model, sleep)``; build the model with
+      ``SleepLM(loaded.model, loaded.sleep)``.
+
+    Raises:
+      FileNotFoundError: ``workdir`` does not exist or holds no checkpoint.
+      ValueError: ``step`` is not a non-negative int or has no checkpoint in ``workdir``, or
+        ``sharding`` does not match the parameters.
+    """
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise ValueError(f"load_params: step must be a non-negative int or None (got {step!r})")
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"load_params: run directory {workdir!r} does not exist")
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))
+    no_checkpoint = FileNotFoundError(
+        f"load_params: {workdir!r} holds no checkpoint (expected {CHECKPOINT_SUBDIR}/<step>/ "
+        f"as written by python -m sleepjax.train --workdir={workdir})")
+    if not os.path.isdir(directory):
+        raise no_checkpoint
+    # A manager that never creates or saves; every item's handler is named so reading the
+    # metadata of a step warns about none of them.
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise no_checkpoint
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise ValueError(f"load_params: step={step} has no checkpoint in {workdir!r}; "
+                             f"saved steps: {steps}")
+        saved_params = manager.item_metadata(step)["state"].tree["params"]
+        target = _abstract_params(saved_params, sharding)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={"params": target},
+                restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
+                partial_restore=True),
+            config=ocp.args.JsonRestore()))
+    finally:
+        manager.close()
+    config = unflatten_config(restored["config"])
+    model, sleep = _resolve_model_configs(config)
+    return TrainedParams(params=restored["state"]["params"], step=int(step), config=config,
+                         model=model, sleep=sleep)
+
+
+def _abstract_params(saved_params, sharding):
+    """``ShapeDtypeStruct`` tree of the saved parameters, placed by ``sharding`` (see load_params)."""
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                            saved_params)
+    try:
+        return jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                            saved_params, sharding)
+    except ValueError as error:
+        raise ValueError("load_params: sharding must be None, a jax.sharding.Sharding, or a "
+                         f"pytree of shardings shaped like the parameters ({error})") from None
+
+
+def unflatten_config(flat) -> ml_collections.ConfigDict:
+    """The nested experiment ConfigDict of a ``{"section.key": value}`` dict (see flatten_config)."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(nested)
+
+
+def _resolve_model_configs(config) -> tuple[ModelConfig, SleepConfig]:
+    """The typed model and sleep configs of a saved experiment config.
+
+    Validated against a 1-device mesh: the training mesh decides how the parameters were
+    sharded, not what they are, and may not fit the devices of the process loading them.
+    """
+    single_device = ml_collections.ConfigDict(config.to_dict())
+    single_device.mesh = {"data": 1, "fsdp": 1, "model": 1}
+    resolved = validate_config(single_device, num_devices=1)
+    return resolved.model, resolved.sleep

@@ -10,12 +10,15 @@ steps and at the end. Workdir layout::
     tensorboard/              event files
     train_log.jsonl           one line per logged step (loss, grad norm, token accuracy, lr)
     eval.json                 evaluation history (step, tokens seen, accuracy by difficulty)
+
+In a multi-host job every process runs ``train_and_evaluate``: all of them train, evaluate
+(collectives) and call the checkpointer (orbax coordinates the multi-host save), but only the
+primary process writes the other files (see :class:`~sleepjax.training.logging.RunLogger`).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Callable, Mapping
@@ -29,7 +32,7 @@ from sleepjax.models import SleepLM
 from sleepjax.training import evaluate as evaluation
 from sleepjax.training.checkpointing import Checkpointer
 from sleepjax.training.config import ResolvedConfig, validate_config
-from sleepjax.training.logging import RunLogger, write_config
+from sleepjax.training.logging import RunLogger, read_eval_history
 from sleepjax.training.optimizer import make_optimizer, warmup_stable_decay
 from sleepjax.training.state import init_train_state
 from sleepjax.training.train_step import TRAIN_BATCH_KEYS, make_eval_step, make_train_step
@@ -37,24 +40,6 @@ from sleepjax.training.train_step import TRAIN_BATCH_KEYS, make_eval_step, make_
 
 class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss or gradient; the bad update was not applied or saved."""
-
-
-def _read_eval_history(path: str, up_to_step: int) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        history = json.load(f).get("history", [])
-    return [h for h in history if h["step"] <= up_to_step]
-
-
-def _truncate_jsonl(path: str, up_to_step: int) -> None:
-    """Drop log lines past the resumed step (written by the run that was interrupted)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= up_to_step]
-    with open(path, "w") as f:
-        f.writelines(lines)
 
 
 def train_and_evaluate(cfg, workdir: str, *,
@@ -70,8 +55,9 @@ def train_and_evaluate(cfg, workdir: str, *,
 
     Returns:
       ``{"final_eval", "history", "losses", "steps_run", "start_step", "wall_time_s",
-      "tokens_seen", "difficulty_name"}`` where ``losses`` is ``[(step, loss)]`` for every step
-      this invocation ran.
+      "tokens_seen", "difficulty_name", "params"}`` where ``losses`` is ``[(step, loss)]`` for
+      every step this invocation ran and ``params`` are the final (trained) parameters, as
+      sharded during training. The same dict on every process of a multi-host job.
 
     Raises:
       ValueError: bad config (naming the key), or a workdir checkpoint of another config.
@@ -116,7 +102,6 @@ def train_and_evaluate(cfg, workdir: str, *,
             with jax.set_mesh(mesh):
                 state = jax.jit(init_fn, out_shardings=state_shardings)(rng, example_tokens)
         start_step = int(jax.device_get(state.step))
-        write_config(workdir, cfg)
 
         step_fn = partitioning.jit_train_step(train_step, state_shardings, mesh)
         eval_step = make_eval_step(model)
@@ -138,10 +123,7 @@ def train_and_evaluate(cfg, workdir: str, *,
                                        train_cfg.eval_batch_size, to_device)
 
         tokens_per_step = train_cfg.batch_size * rc.seq_len
-        eval_path = os.path.join(workdir, "eval.json")
-        log_path = os.path.join(workdir, "train_log.jsonl")
-        history = _read_eval_history(eval_path, start_step)
-        _truncate_jsonl(log_path, start_step)
+        history = read_eval_history(workdir, start_step)
         schedules = {name: warmup_stable_decay(peak, train_cfg.steps, rc.optim.warmup_fraction,
                                                rc.optim.decay_fraction, rc.optim.min_lr_ratio)
                      for name, peak in (("muon", rc.optim.muon_lr), ("adamw", rc.optim.adam_lr))}
@@ -152,16 +134,15 @@ def train_and_evaluate(cfg, workdir: str, *,
             result = run_eval(params)
             entry = {"step": step, "tokens_seen": step * tokens_per_step, **result}
             history.append(entry)
-            evaluation.write_json(eval_path, {**header, "history": history})
-            logger.log_eval(step, result)
+            logger.log_eval(step, result, history)
             return entry
 
         losses: list[tuple[int, float]] = []
         step = start_step
         with RunLogger(workdir, total_steps=train_cfg.steps, start_step=start_step,
                        tokens_per_step=tokens_per_step, progress_bar=train_cfg.progress_bar,
-                       description=f"train N={rc.sleep.passes}") as logger, \
-                open(log_path, "a") as log_file:
+                       description=f"train N={rc.sleep.passes}", eval_header=header) as logger:
+            logger.write_config(cfg)
             while step < train_cfg.steps:
                 host_batch = next(data_iterator)
                 batch = partitioning.make_global_batch(
@@ -189,10 +170,6 @@ def train_and_evaluate(cfg, workdir: str, *,
                                ("loss", "grad_norm", "token_accuracy")}
                     lrs = {name: float(s(step - 1)) for name, s in schedules.items()}
                     logger.log_train(step, scalars, lrs)
-                    log_file.write(json.dumps({"step": step, "tokens_seen": step * tokens_per_step,
-                                               **scalars, **{f"lr_{k}": v for k, v in lrs.items()}})
-                                   + "\n")
-                    log_file.flush()
                 if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0 \
                         and step < train_cfg.steps:
                     checkpointer.save(step, state, data_iterator, cfg)
@@ -209,4 +186,4 @@ def train_and_evaluate(cfg, workdir: str, *,
     return {"final_eval": history[-1], "history": history, "losses": losses,
             "start_step": start_step, "steps_run": step - start_step,
             "tokens_seen": step * tokens_per_step, "wall_time_s": time.perf_counter() - started,
-            "difficulty_name": test_source.difficulty_name}
+            "difficulty_name": test_source.difficulty_name, "params": state.params}
