@@ -36,8 +36,9 @@ import numpy as np
 
 from sleepjax.models import layers
 from sleepjax.models.config import ModelConfig, SleepConfig
-from sleepjax.models.sleep_lm import (attn_layer_names, block_name, embed, evict, gdn_layer_names,
-                                      output_logits, sleep_passes, zero_fast_weights,
+from sleepjax.models.sleep_lm import (attn_layer_names, block_name, embed, evict,
+                                      fast_weight_layout, gdn_layer_names, output_logits,
+                                      residual_stream, sleep_passes, zero_fast_weights,
                                       zero_previous_window_kv)
 from sleepjax.models.validation import check_configs
 
@@ -50,8 +51,8 @@ class StreamState:
 
     Attributes:
       fast_weights: ``{blocks_i: [B, H, K, V] float32}`` per GDN layer; the only long-term memory.
-      conv_cache: ``{blocks_i: [B, conv_size-1, 2HK+HV]}`` pre-conv q|k|v of the window's last
-        tokens per GDN layer (zeros at a window start).
+      conv_cache: ``{blocks_i: {q, k: [B, conv_size-1, HK], v: [B, conv_size-1, HV]}}`` pre-conv
+        q, k, v of the window's last tokens per GDN layer (zeros at a window start).
       kv_cache: ``{blocks_i: (k, v) [B, L, H, D]}`` the current window's rotated keys and values
         per attention layer; slots ``>= position`` are unused.
       prev_kv: sliding eviction only: ``{blocks_i: (k, v) [B, L-1, H, D]}`` the previous window's
@@ -78,12 +79,15 @@ def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
         raise ValueError(f"batch_size: must be a positive int, got {batch_size!r}")
     dt = layers.compute_dtype(model_cfg)
     window = sleep_cfg.window
-    conv_channels = model_cfg.gdn_heads * (2 * model_cfg.gdn_head_dim + model_cfg.gdn_value_dim)
-    conv_shape = (batch_size, model_cfg.conv_size - 1, conv_channels)
+    conv_channels = {"q": model_cfg.gdn_heads * model_cfg.gdn_head_dim,
+                     "k": model_cfg.gdn_heads * model_cfg.gdn_head_dim,
+                     "v": model_cfg.gdn_heads * model_cfg.gdn_value_dim}
+    conv_cache = {stream: jnp.zeros((batch_size, model_cfg.conv_size - 1, channels), dt)
+                  for stream, channels in conv_channels.items()}
     kv_shape = (batch_size, window, model_cfg.attn_heads, model_cfg.attn_head_dim)
     return StreamState(
         fast_weights=zero_fast_weights(model_cfg, batch_size),
-        conv_cache={name: jnp.zeros(conv_shape, dt) for name in gdn_layer_names(model_cfg)},
+        conv_cache={name: dict(conv_cache) for name in gdn_layer_names(model_cfg)},
         kv_cache={name: (jnp.zeros(kv_shape, dt), jnp.zeros(kv_shape, dt))
                   for name in attn_layer_names(model_cfg)},
         prev_kv=zero_previous_window_kv(model_cfg, sleep_cfg, batch_size),
@@ -113,7 +117,7 @@ def _wake_step(params, state: StreamState, token, model_cfg, sleep_cfg):
     pos = state.position
     fast, conv, kv = dict(state.fast_weights), dict(state.conv_cache), dict(state.kv_cache)
     loop_input = state.loop_input
-    h = embed(params, token, model_cfg)                                      # [B, d]
+    h = residual_stream(embed(params, token, model_cfg))                     # [B, d]
     for i, kind in enumerate(model_cfg.layer_pattern):
         name = block_name(i)
         p = params[name]
@@ -124,9 +128,10 @@ def _wake_step(params, state: StreamState, token, model_cfg, sleep_cfg):
                                                   state.has_prev)
         else:
             out, fast[name], conv[name] = layers.gdn_step(p["gdn"], x, fast[name], conv[name], model_cfg)
+            fast[name] = fast_weight_layout(fast[name])
         h = h + out
-        h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["mlp_norm"]["scale"], model_cfg.norm_eps),
-                           model_cfg)
+        h = residual_stream(h + layers.mlp(
+            p["mlp"], layers.rms_norm(h, p["mlp_norm"]["scale"], model_cfg.norm_eps), model_cfg))
         if i == loop_end - 1:
             loop_input = jax.lax.dynamic_update_slice_in_dim(
                 loop_input, h[:, None, :].astype(loop_input.dtype), pos, 1)

@@ -82,13 +82,13 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 
 # Streaming-inference state (``sleepjax.inference.StreamState``). Fast weights S [B, H, K, V]
 # and the per-head KV caches are split batch-over-data, heads-over-model, so wake steps and
-# sleeps on a mesh are the same per-shard computation as on one device. The short-conv cache
-# stores q|k|v channels packed ([B, W-1, 2HK+HV]); a contiguous split of that packed axis
-# would not follow head boundaries, so it is split over the batch only.
+# sleeps on a mesh are the same per-shard computation as on one device. The short-conv caches
+# of q, k, v ([B, W-1, H*D], heads-major channels) split on head boundaries like the
+# projections that fill them.
 STREAM_STATE_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(^|/)fast_weights/[^/]+$", ("batch", "heads", "head_dim", "head_dim")),
     (r"(^|/)(kv_cache|prev_kv)/[^/]+/[01]$", ("batch", "length", "heads", "head_dim")),
-    (r"(^|/)conv_cache/[^/]+$", ("batch", "length", None)),
+    (r"(^|/)conv_cache/[^/]+/[qkv]$", ("batch", "length", "heads")),
     (r"(^|/)loop_input$", ("batch", "length", None)),
     (r".*", ("batch", ...)),   # anything else is batch-leading; scalars (position) are replicated
 )

@@ -46,7 +46,7 @@ MODEL = dict(vocab_size=16, d_model=32, layer_pattern="AG", attn_heads=4, attn_h
              gdn_heads=4, gdn_head_dim=8, mlp_hidden=64, gdn_chunk_size=4)
 SLEEP = dict(window=8, passes=3)
 BATCH, SEQ = 8, 17
-MESHES = ((8, 1), (4, 2), (2, 4))
+MESHES = ((8, 1), (4, 2), (2, 4), (2, 2, 2))     # (data, model) or (data, fsdp, model)
 OPS_FILES = ("sleepjax/ops/", "pallas_kernels/")
 
 
@@ -65,9 +65,13 @@ def make_batch(seq=SEQ):
 
 
 def mesh_of(shape):
-    data, model = shape
-    return pt.make_mesh({"data": data, "fsdp": 1, "model": model},
-                        devices=jax.devices()[:data * model])
+    data, fsdp, model = shape if len(shape) == 3 else (shape[0], 1, shape[1])
+    return pt.make_mesh({"data": data, "fsdp": fsdp, "model": model},
+                        devices=jax.devices()[:data * fsdp * model])
+
+
+def mesh_name(shape):
+    return "x".join(str(n) for n in shape)
 
 
 def max_diffs(a, b):
@@ -190,7 +194,7 @@ def case_train(gdn_impl="chunked", meshes=MESHES, reference_impl="chunked", seq=
             mesh, model_cfg, train_step, state_host, batch_host, abstract_state)
         abs_p, rel_p = max_diffs(new_state.params, ref_state.params)
         abs_o, rel_o = max_diffs(new_state.opt_state, ref_state.opt_state)
-        row = results["meshes"][f"{shape[0]}x{shape[1]}"] = {
+        row = results["meshes"][mesh_name(shape)] = {
             "loss": float(metrics["loss"]),
             "loss_abs_diff": abs(float(metrics["loss"]) - float(ref_metrics["loss"])),
             "grad_norm_rel_diff": abs(float(metrics["grad_norm"]) - float(ref_metrics["grad_norm"]))

@@ -143,7 +143,8 @@ def test_batch_and_stream_state_specs():
     specs = pt.tree_partition_specs(state, mesh, pt.STREAM_STATE_RULES)
     assert specs.fast_weights["blocks_1"] == P("data", "model")      # S [B, H, K, V]
     assert specs.kv_cache["blocks_0"][0] == P("data", None, "model")  # [B, L, H, D]
-    assert specs.conv_cache["blocks_1"] == P("data")                 # packed q|k|v channels
+    for stream in ("q", "k", "v"):                                    # [B, W-1, H*D], heads-major
+        assert specs.conv_cache["blocks_1"][stream] == P("data", None, "model")
     assert specs.loop_input == P("data") and specs.position == P()
 
 

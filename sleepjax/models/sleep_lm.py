@@ -36,6 +36,7 @@ from sleepjax.models import layers
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.models.params import declare_lm_params
 from sleepjax.models.validation import check_configs, validate_tokens
+from sleepjax.partitioning import constrain
 
 
 def block_name(i: int) -> str:
@@ -69,7 +70,11 @@ def zero_previous_window_kv(cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size
 # ----------------------------------------------------------------------------- pieces
 
 def embed(params, tokens, cfg: ModelConfig):
-    return jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(layers.compute_dtype(cfg))
+    # Gather the table's FSDP-split d_model dim before the lookup (rows may stay split over
+    # the vocabulary): a gather from a table split along its feature dim cannot be re-sharded
+    # to the batch layout without replicating the result first.
+    table = constrain(params["embed"]["embedding"], ("vocab", None))
+    return jnp.take(table, tokens, axis=0).astype(layers.compute_dtype(cfg))
 
 
 def output_logits(params, h, cfg: ModelConfig):
@@ -82,6 +87,22 @@ def output_logits(params, h, cfg: ModelConfig):
 
 def _mlp_residual(p, h, cfg):
     return h + layers.mlp(p["mlp"], layers.rms_norm(h, p["mlp_norm"]["scale"], cfg.norm_eps), cfg)
+
+
+def residual_stream(h):
+    """Pin hidden states ``[B, ..., d]`` to batch-only sharding (a no-op without a mesh).
+
+    Under FSDP the weights' d_model dim is split over ``fsdp``; without this hint XLA lets
+    the residual stream inherit that split and then cannot re-shard it cheaply inside the
+    window / sleep loops (an "involuntary full rematerialization"). Pinned, the weights are
+    gathered instead, which is what FSDP means.
+    """
+    return constrain(h, ("batch", ...))
+
+
+def fast_weight_layout(state):
+    """Pin a fast-weight state ``[B, H, K, V]`` to batch x heads, so it never moves in a loop."""
+    return constrain(state, ("batch", "heads", None, None))
 
 
 def run_blocks(params, h, fast, layer_ids, cfg: ModelConfig, prev_kv=None, prev_valid=None):
@@ -105,7 +126,8 @@ def run_blocks(params, h, fast, layer_ids, cfg: ModelConfig, prev_kv=None, prev_
             out, kv[name] = layers.attention_window(p["attn"], x, cfg, prev, prev_valid)
         else:
             out, fast[name] = layers.gdn_window(p["gdn"], x, fast[name], cfg)
-        h = _mlp_residual(p, h + out, cfg)
+            fast[name] = fast_weight_layout(fast[name])
+        h = residual_stream(_mlp_residual(p, h + out, cfg))
     return h, fast, kv
 
 
@@ -115,7 +137,7 @@ def wake_window(params, tokens, fast, model_cfg, sleep_cfg, prev_kv=None, prev_v
     ``h_loop`` is the output of block ``loop_end - 1``, the input of the first sleep pass.
     """
     _, loop_end = sleep_cfg.resolved_loop_range(model_cfg.num_layers)
-    h = embed(params, tokens, model_cfg)
+    h = residual_stream(embed(params, tokens, model_cfg))
     h_loop, fast, kv = run_blocks(params, h, fast, range(loop_end), model_cfg, prev_kv, prev_valid)
     h_top, fast, kv_top = run_blocks(params, h_loop, fast, range(loop_end, model_cfg.num_layers),
                                      model_cfg, prev_kv, prev_valid)
