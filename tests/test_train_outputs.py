@@ -134,10 +134,10 @@ def test_load_params_errors_name_the_workdir(primary_run, tmp_path):
     workdir, _ = primary_run
     with pytest.raises(ValueError, match=r"step=7 has no checkpoint in .*run.*saved steps: \[1, 2\]"):
         load_params(workdir, 7)
-    for bad_step in (-1, 1.0, True):
+    for bad_step in (-1, 1.0, True, "2"):
         with pytest.raises(ValueError, match="step must be a non-negative int"):
             load_params(workdir, bad_step)
-    missing = str(tmp_path / "missing")
+    missing = tmp_path / "missing"      # a Path works as well as a str
     with pytest.raises(FileNotFoundError, match="missing.*does not exist"):
         load_params(missing)
     empty = tmp_path / "empty"

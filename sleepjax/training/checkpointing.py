@@ -15,6 +15,7 @@ run's config) of a workdir, e.g. for inference.
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any, NamedTuple
 
@@ -110,14 +111,15 @@ def abstract_like(tree, shardings):
 class TrainedParams(NamedTuple):
     """What :func:`load_params` returns."""
 
-    params: Any                           # the model's ``params`` pytree (``model.apply({"params": ...})``)
-    step: int                             # the training step the checkpoint was written at
-    config: ml_collections.ConfigDict     # the run's experiment config (as saved with the checkpoint)
-    model: ModelConfig                    # resolved model config (vocab size from the task)
-    sleep: SleepConfig                    # resolved sleep config (window from the task if unset)
+    params: Any                        # the ``params`` pytree: ``model.apply({"params": params}, ..)``
+    step: int                          # the training step the checkpoint was written at
+    config: ml_collections.ConfigDict  # the run's experiment config, as saved with the checkpoint
+    model: ModelConfig                 # resolved model config (vocab size from the task)
+    sleep: SleepConfig                 # resolved sleep config (window from the task if unset)
 
 
-def load_params(workdir: str, step: int | None = None, *, sharding=None) -> TrainedParams:
+def load_params(workdir: str | os.PathLike, step: int | None = None, *, sharding=None
+                ) -> TrainedParams:
     """Restore the trained parameters and config of a run directory written by ``sleepjax.train``.
 
     Only ``params`` is read from the checkpoint's train state (not the optimiser state).
@@ -138,8 +140,11 @@ def load_params(workdir: str, step: int | None = None, *, sharding=None) -> Trai
       ValueError: ``step`` is not a non-negative int or has no checkpoint in ``workdir``, or
         ``sharding`` does not match the parameters.
     """
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-        raise ValueError(f"load_params: step must be a non-negative int or None (got {step!r})")
+    workdir = os.fspath(workdir)
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"load_params: step must be a non-negative int or None (got {step!r})")
+        step = int(step)
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"load_params: run directory {workdir!r} does not exist")
     directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))

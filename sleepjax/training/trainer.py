@@ -30,7 +30,7 @@ import numpy as np
 from sleepjax import data, partitioning
 from sleepjax.models import SleepLM
 from sleepjax.training import evaluate as evaluation
-from sleepjax.training.checkpointing import Checkpointer
+from sleepjax.training.checkpointing import CHECKPOINT_SUBDIR, Checkpointer
 from sleepjax.training.config import ResolvedConfig, validate_config
 from sleepjax.training.logging import RunLogger, read_eval_history
 from sleepjax.training.optimizer import make_optimizer, warmup_stable_decay
@@ -89,7 +89,7 @@ def train_and_evaluate(cfg, workdir: str, *,
     abstract_state = jax.eval_shape(init_fn, rng, example_tokens)
     state_shardings = partitioning.train_state_shardings(abstract_state, mesh, rc.model)
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR),
                                 keep=train_cfg.keep_checkpoints,
                                 async_save=train_cfg.async_checkpointing)
     try:
