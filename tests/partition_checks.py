@@ -154,7 +154,7 @@ def _contains_primitive(jaxpr, name):
 
 
 def kernel_shard_map_in_specs(fn, *args):
-    """Inputs of every ``shard_map`` that wraps a ``pallas_call`` in the jaxpr of ``fn(*args)``:
+    """Inputs of every innermost ``shard_map`` that wraps a ``pallas_call`` in ``fn(*args)``'s jaxpr:
     one list per shard_map of ``[spec, global shape, per-device shape]`` (other shard_maps,
     e.g. JAX's own for partitionable PRNG, are ignored)."""
     found = []
@@ -163,6 +163,13 @@ def kernel_shard_map_in_specs(fn, *args):
         for eqn in jaxpr.eqns:
             subs = list(jax.extend.core.jaxprs_in_params(eqn.params))
             if eqn.primitive.name == "shard_map" and any(_contains_primitive(j, "pallas_call") for j in subs):
+                # The innermost such shard_map is the op's own (an outer one may be the
+                # training step's data-parallel shard_map).
+                before = len(found)
+                for sub in subs:
+                    visit(sub)
+                if len(found) > before:
+                    continue
                 body = eqn.params["jaxpr"]
                 found.append([[str(spec), list(outer.aval.shape), list(inner.aval.shape)]
                               for spec, outer, inner in zip(eqn.params["in_specs"], eqn.invars,
@@ -187,7 +194,9 @@ def case_train(gdn_impl="chunked", meshes=MESHES, reference_impl="chunked", seq=
     model_cfg, model, _ = build(gdn_impl, passes)
     train_step = make_train_step(model, optimizer)
     abstract_state = jax.eval_shape(lambda: state_host)
-    results = {"reference_loss": float(ref_metrics["loss"]), "meshes": {}}
+    results = {"reference_loss": float(ref_metrics["loss"]), "meshes": {},
+               "param_bytes": int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state_host.params))),
+               "batch": BATCH, "gdn_heads": MODEL["gdn_heads"]}
     for shape in meshes:
         mesh = mesh_of(shape)
         new_state, metrics, hlo_text, kept = _train_step_on(

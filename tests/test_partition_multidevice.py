@@ -73,13 +73,14 @@ def test_train_step_on_meshes_matches_one_device():
     for name, r in result["meshes"].items():
         _check_step_matches(name, r)
         _check_recurrence_is_local(name, r)
-    # Pure data parallelism: the forward loops (windows, sleep passes, recurrence) never
-    # communicate; the only collectives are gradient all-reduces (the CPU backend leaves some
-    # inside the backward window / sleep loops, see benchmarks/RESULTS.md).
+    # Pure data parallelism: no loop (windows, sleep passes, recurrence, their backward)
+    # communicates; the gradients are all-reduced once, outside the loops: one parameter's
+    # worth of bytes plus the loss / accuracy / token-count scalars.
     data_parallel = result["meshes"]["8x1"]
-    assert data_parallel["forward_loops_with_collectives"] == [], data_parallel
-    assert set(data_parallel["backward_loop_collective_kinds"]) <= {"all-reduce"}, data_parallel
+    assert data_parallel["loops_with_collectives"] == [], data_parallel
     assert set(data_parallel["bytes_by_kind"]) == {"all-reduce"}, data_parallel
+    assert data_parallel["bytes_by_kind"]["all-reduce"] <= result["param_bytes"] + 64, (
+        data_parallel["bytes_by_kind"], result["param_bytes"])
     # model parallelism communicates (row-parallel out-projections), so the parser sees it
     assert result["meshes"]["2x4"]["bytes_by_kind"].get("all-reduce", 0) > 0
     # q, k, v are projected and convolved as separate heads-major arrays, so heads over
@@ -114,19 +115,19 @@ def test_pallas_gated_delta_rule_inside_partitioned_step():
     # everywhere, so the per-device shapes inside the shard_map are checked too.
     wrapped = r["pallas_shard_map_in_specs"]
     assert wrapped, "the Pallas op was not wrapped in shard_map inside the partitioned step"
-    seq4, seq3 = str(PartitionSpec("data", None, "model", None)), str(PartitionSpec("data", None, "model"))
-    state = str(PartitionSpec("data", "model", None, None))
+    batch, heads = result["batch"], result["gdn_heads"]
     for inputs in wrapped:
         # The op's six operands (q, k, v, g, beta, initial_state) come last. JAX's partial
         # evaluation of shard_map under remat may prepend per-device residual scalars
         # (global [8], one element per device), which carry no activations.
         operands, residuals = inputs[-6:], inputs[:-6]
-        assert [spec for spec, _, _ in operands] == [seq4, seq4, seq4, seq3, seq3, state], inputs
+        # Heads are split over "model" by the op's own shard_map. The batch is split over
+        # "data" either there or already by the enclosing data-parallel shard_map of the
+        # training step (then the operands the op sees are one data shard).
         head_dims = (2, 2, 2, 2, 2, 1)                      # [B,T,H,*] operands; state [B,H,K,V]
-        for (_, global_shape, local_shape), head_dim in zip(operands, head_dims):
-            expected = list(global_shape)
-            expected[0] //= 2                               # batch over data = 2
-            expected[head_dim] //= 4                        # heads over model = 4
-            assert local_shape == expected, (global_shape, local_shape, inputs)
+        for (spec, _, local_shape), head_dim in zip(operands, head_dims):
+            assert "'model'" in spec, inputs
+            assert local_shape[0] == batch // 2, (local_shape, inputs)        # data = 2
+            assert local_shape[head_dim] == heads // 4, (local_shape, inputs)  # model = 4
         for spec, global_shape, local_shape in residuals:
-            assert global_shape == [8] and local_shape == [1], inputs
+            assert local_shape == [1], inputs

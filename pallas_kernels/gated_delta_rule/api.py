@@ -216,6 +216,12 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, initial_state=None, scale, chun
         return run(q, k, v, g, beta, h0)
     mesh, b_ax, h_ax = layout
     seq4, seq3, state = P(b_ax, None, h_ax, None), P(b_ax, None, h_ax), P(b_ax, h_ax, None, None)
+    # Inside an enclosing shard_map (e.g. data parallelism made manual over "data") only the
+    # axes still left to the compiler can be made manual here.
+    types = getattr(mesh, "axis_types", None) or ()
+    free = frozenset(name for name, kind in zip(mesh.axis_names, types)
+                     if kind != jax.sharding.AxisType.Manual)
+    axis_names = free if len(free) < len(mesh.axis_names) else frozenset()
     sharded = jax.shard_map(run, mesh=mesh, in_specs=(seq4, seq4, seq4, seq3, seq3, state),
-                            out_specs=(seq4, state), check_vma=False)
+                            out_specs=(seq4, state), axis_names=axis_names, check_vma=False)
     return sharded(q, k, v, g, beta, h0)
