@@ -8,8 +8,10 @@
    prefill (the parallel wake pass over L tokens), for N in {1, 2, 4}: expected about N - 1.
 3. Training-step (loss + grad) temporary memory from XLA's memory_analysis for N in {1, 4, 8},
    with and without rematerialisation.
+4. Consuming a prompt of 8 windows: ``inference.prefill`` (whole windows in the parallel
+   form) vs ``inference.feed`` (one wake step per token); same results, ratio of times.
 
-    python benchmarks/bench_wake_sleep.py [--quick]
+    python benchmarks/bench_wake_sleep.py [--quick] [--skip-memory] [--prefill-only]
 """
 
 from __future__ import annotations
@@ -112,11 +114,33 @@ def train_memory(model_cfg, window, seq_len, batch, settings):
     return rows
 
 
+def prompt_prefill(model_cfg, window, n_windows, passes, repeats):
+    """(feed, prefill) (median, min) seconds for a prompt of ``n_windows`` windows + 1 token."""
+    sleep_cfg = SleepConfig(window=window, passes=passes)
+    params = init_params(model_cfg, jax.random.PRNGKey(0))
+    prompt = jnp.asarray(np.random.RandomState(2).randint(
+        0, model_cfg.vocab_size, (1, n_windows * window + 1)), jnp.int32)
+    state = inference.init_state(model_cfg, sleep_cfg, 1)
+    run = lambda fn: fn(params, state, prompt, model_cfg=model_cfg, sleep_cfg=sleep_cfg)[0]
+    return median_seconds([lambda: run(inference.feed), lambda: run(inference.prefill)], repeats)
+
+
+def report_prefill(cfg, window, repeats, n_windows=8):
+    print(f"\n[4] a prompt of {n_windows} windows + 1 token (batch 1): feed (token by token) vs "
+          f"prefill (whole windows in parallel), median / min")
+    for passes in (1, 3):
+        (feed_med, feed_min), (pre_med, pre_min) = prompt_prefill(cfg, window, n_windows, passes, repeats)
+        print(f"  N={passes}: feed {feed_med * 1e3:8.2f} / {feed_min * 1e3:8.2f} ms  prefill "
+              f"{pre_med * 1e3:8.2f} / {pre_min * 1e3:8.2f} ms  feed/prefill {feed_med / pre_med:5.2f} "
+              f"(min {feed_min / pre_min:5.2f})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     parser.add_argument("--skip-memory", action="store_true",
                         help="skip [3] (each gradient compile takes minutes on a small CPU)")
+    parser.add_argument("--prefill-only", action="store_true", help="run only [4]")
     args = parser.parse_args()
     if args.quick:
         cfg = ModelConfig(vocab_size=64, d_model=64, attn_heads=2, attn_head_dim=32, gdn_heads=2,
@@ -131,6 +155,10 @@ def main():
     print(f"devices: {jax.devices()}  model: d={cfg.d_model} pattern={cfg.layer_pattern} "
           f"gdn_impl={cfg.gdn_impl} window L={window}")
 
+    if args.prefill_only:
+        report_prefill(cfg, window, max(5, repeats // 5))
+        return
+
     ours, theirs = wake_latency(cfg, window, far, repeats)
     print("\n[1] wake_step latency (batch 1), median / min over interleaved calls")
     for label, t in (("sleep model   ", ours), ("full attention", theirs)):
@@ -144,6 +172,7 @@ def main():
               f"sleep/prefill {t_sleep / t_prefill:5.2f}  (prefill+sleep)/prefill "
               f"{(t_prefill + t_sleep) / t_prefill:5.2f}   (medians)")
 
+    report_prefill(cfg, window, max(5, repeats // 5))
     if args.skip_memory:
         return
     mem_cfg = dataclasses.replace(cfg, gdn_chunk_size=min(cfg.gdn_chunk_size, mem["window"]))

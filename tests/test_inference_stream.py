@@ -99,3 +99,29 @@ def test_wake_step_and_sleep_by_hand_match_step():
         logits.append(out)
     full = forward(params, jnp.asarray(seq), model_cfg=model_cfg, sleep_cfg=sleep_cfg)
     assert max_rel_err(jnp.stack(logits, axis=1), full) < REL_TOL
+
+
+@pytest.mark.parametrize("case", ["sliding-N3-sleep-sees-prev", "hard-N2-loop-1:3-untied"])
+def test_prefill_matches_feed(case):
+    # prefill runs whole windows in the parallel form; feed runs every token as a wake step.
+    model_cfg, sleep_cfg = CASES[case]
+    params = params_for(model_cfg)
+    seq = tokens(4 * WINDOW + 2, seed=4)
+    start = 1                                  # start mid-window: head, 3 whole windows, tail
+    state = inference.init_state(model_cfg, sleep_cfg, BATCH)
+    _, state, _ = inference.feed(params, state, seq[:, :start], model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    ref_logits, ref_state, ref_slept = inference.feed(params, state, seq[:, start:],
+                                                      model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    logits, new_state, slept = inference.prefill(params, state, seq[:, start:],
+                                                 model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    np.testing.assert_array_equal(np.asarray(slept), np.asarray(ref_slept))
+    assert np.asarray(slept).sum() == 4
+    assert max_rel_err(logits, ref_logits) < REL_TOL
+    assert int(new_state.position) == int(ref_state.position) == 2     # 2 tail tokens
+    for got, ref in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state)):
+        if np.any(np.asarray(ref)):           # (all-zero leaves, e.g. cleared caches: exact)
+            assert max_rel_err(got, ref) < REL_TOL
+        else:
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    with pytest.raises(ValueError, match="tokens"):
+        inference.prefill(params, state, seq[:1], model_cfg=model_cfg, sleep_cfg=sleep_cfg)

@@ -28,6 +28,8 @@ does not grow with N. Gradients flow through every pass and every window (no sto
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -181,6 +183,37 @@ def evict(fast, kv, model_cfg, sleep_cfg):
     return fast, prev
 
 
+def sleeping_window(params, carry, window_tokens, model_cfg, sleep_cfg):
+    """One full window: wake pass, sleep passes 2..N, eviction.
+
+    ``carry`` is ``(fast, prev_kv, prev_valid)``, what crosses window boundaries; returns
+    ``(carry, logits [B, L, vocab])``.
+    """
+    fast, prev, prev_valid = carry
+    out, h_loop, fast, kv = wake_window(params, window_tokens, fast, model_cfg, sleep_cfg,
+                                        prev, prev_valid)
+    fast = sleep_passes(params, h_loop, fast, model_cfg, sleep_cfg, prev, prev_valid)
+    fast, prev = evict(fast, kv, model_cfg, sleep_cfg)
+    return (fast, prev, jnp.asarray(True)), out
+
+
+def sleep_over_windows(params, carry, tokens, model_cfg, sleep_cfg):
+    """:func:`sleeping_window` scanned over ``tokens [B, n*L]`` (whole windows, each sleeps).
+
+    Shared by the training forward and streaming prefill, so both run the same code. Each
+    window is rematerialised when ``sleep_cfg.remat`` (only matters under differentiation).
+    Returns ``(carry, logits [B, n*L, vocab])``.
+    """
+    bsz, total = tokens.shape
+    window = sleep_cfg.window
+    step = functools.partial(sleeping_window, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    if sleep_cfg.remat:
+        step = jax.checkpoint(step)
+    windows = tokens.reshape(bsz, total // window, window).swapaxes(0, 1)
+    carry, logits = jax.lax.scan(lambda c, w: step(params, c, w), carry, windows)
+    return carry, logits.swapaxes(0, 1).reshape(bsz, total, -1)
+
+
 def forward_sequence(params, tokens, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
     """Pure training forward: ``tokens [B, T] int -> logits [B, T, vocab] float32``.
 
@@ -195,20 +228,9 @@ def forward_sequence(params, tokens, model_cfg: ModelConfig, sleep_cfg: SleepCon
     prev_valid = jnp.asarray(False)
     logits = []
     if n_sleeping:
-        def sleeping_window(params, carry, window_tokens):
-            fast, prev, prev_valid = carry
-            out, h_loop, fast, kv = wake_window(params, window_tokens, fast, model_cfg, sleep_cfg,
-                                                prev, prev_valid)
-            fast = sleep_passes(params, h_loop, fast, model_cfg, sleep_cfg, prev, prev_valid)
-            fast, prev = evict(fast, kv, model_cfg, sleep_cfg)
-            return (fast, prev, jnp.asarray(True)), out
-
-        if sleep_cfg.remat:
-            sleeping_window = jax.checkpoint(sleeping_window)
-        windows = tokens[:, :n_sleeping * window].reshape(bsz, n_sleeping, window).swapaxes(0, 1)
-        (fast, prev, prev_valid), full = jax.lax.scan(
-            lambda carry, w: sleeping_window(params, carry, w), (fast, prev, prev_valid), windows)
-        logits.append(full.swapaxes(0, 1).reshape(bsz, n_sleeping * window, -1))
+        (fast, prev, prev_valid), full = sleep_over_windows(
+            params, (fast, prev, prev_valid), tokens[:, :n_sleeping * window], model_cfg, sleep_cfg)
+        logits.append(full)
     last, _, _, _ = wake_window(params, tokens[:, n_sleeping * window:], fast, model_cfg, sleep_cfg,
                                 prev, prev_valid)
     logits.append(last)
