@@ -164,6 +164,26 @@ def test_activation_mesh_axes_follow_the_logical_rules():
         pt.activation_mesh_axes("heads", 6, mesh)
 
 
+def test_manual_axes_are_left_out_of_specs():
+    # Inside data_parallel's shard_map the "data" axis is manual: arrays there are one data
+    # shard, so specs (constrain, the Pallas op's shard_map) may only name the other axes.
+    manual = jax.sharding.AxisType.Manual, jax.sharding.AxisType.Auto, jax.sharding.AxisType.Auto
+    mesh = AbstractMesh((2, 2, 4), pt.MESH_AXES, axis_types=manual)
+    assert pt.manual_axes(mesh) == {"data"}
+    assert pt.manual_axes(abstract_mesh(2, 4)) == frozenset()
+    assert pt.activation_mesh_axes("batch", 8, mesh) == "fsdp"
+    assert pt.activation_mesh_axes("heads", 4, mesh) == "model"
+    assert pt.logical_to_spec(("batch", None, "heads"), (4, 3, 8), mesh) == P("fsdp", None, "model")
+
+
+def test_data_parallel_and_batch_psum_are_identities_without_a_mesh():
+    def per_shard(params, batch):
+        return pt.batch_psum({"sum": jnp.sum(batch * params)})
+    wrapped = pt.data_parallel(per_shard)
+    out = wrapped(jnp.float32(2.0), jnp.arange(4.0))
+    assert float(out["sum"]) == 12.0
+
+
 def test_host_shard_info_single_process():
     assert pt.host_shard_info() == (0, 1)
     assert pt.host_shard_info(pt.make_mesh(pt.mesh_config_defaults())) == (0, 1)
