@@ -265,24 +265,30 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
         raise ValueError(f"tokens: must have shape [batch={_batch_size(state)}, T>=1], got {shape}")
     if isinstance(state.position, jax.core.Tracer):
         raise ValueError("state.position: prefill needs a concrete position (call it outside jit)")
+    if not 0 <= int(state.position) < sleep_cfg.window:
+        raise ValueError(f"state.position: must be in [0, window = {sleep_cfg.window}) (a full window "
+                         f"must sleep first, see `sleep`), got {int(state.position)}")
     from sleepjax.models.validation import validate_tokens
     validate_tokens(tokens, model_cfg.vocab_size)
     tokens = jnp.asarray(tokens)
     window, total = sleep_cfg.window, shape[1]
     head = min(total, (window - int(state.position)) % window)     # finish the open window
     whole = (total - head) // window * window
-    logits, slept = [], []
+    pieces = []                                                   # (logits, slept) per part
     if head:
-        out, state, s = _feed_jit(params, state, tokens[:, :head], model_cfg=model_cfg, sleep_cfg=sleep_cfg)
-        logits.append(out), slept.append(np.asarray(s))
+        out, state, slept = _feed_jit(params, state, tokens[:, :head], model_cfg=model_cfg,
+                                      sleep_cfg=sleep_cfg)
+        pieces.append((out, np.asarray(slept)))
     if whole:
         out, state = _prefill_windows_jit(params, state, tokens[:, head:head + whole],
                                           model_cfg=model_cfg, sleep_cfg=sleep_cfg)
-        logits.append(out), slept.append(np.arange(1, whole + 1) % window == 0)
+        pieces.append((out, np.arange(1, whole + 1) % window == 0))
     if head + whole < total:
-        out, state, s = _feed_jit(params, state, tokens[:, head + whole:], model_cfg=model_cfg,
-                                  sleep_cfg=sleep_cfg)
-        logits.append(out), slept.append(np.asarray(s))
+        out, state, slept = _feed_jit(params, state, tokens[:, head + whole:], model_cfg=model_cfg,
+                                      sleep_cfg=sleep_cfg)
+        pieces.append((out, np.asarray(slept)))
+    logits = [out for out, _ in pieces]
+    slept = [s for _, s in pieces]
     logits = logits[0] if len(logits) == 1 else jnp.concatenate(logits, axis=1)
     return logits, state, jnp.asarray(np.concatenate(slept))
 

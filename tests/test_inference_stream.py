@@ -125,3 +125,6 @@ def test_prefill_matches_feed(case):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
     with pytest.raises(ValueError, match="tokens"):
         inference.prefill(params, state, seq[:1], model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    with pytest.raises(ValueError, match="state.position"):
+        inference.prefill(params, state.replace(position=jnp.int32(WINDOW)), seq,
+                          model_cfg=model_cfg, sleep_cfg=sleep_cfg)
