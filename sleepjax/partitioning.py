@@ -429,9 +429,9 @@ def data_parallel(per_shard: Callable, mesh=None) -> Callable:
                 or active.shape.get("fsdp", 1) > 1
                 or GRADIENT_SYNC_AXIS in manual_axes(active)):
             return per_shard(params, batch)
-        # check_vma=False: the gradient w.r.t. the replicated params is then the local
-        # gradient (no implicit psum inserted where params meet per-shard activations, which
-        # would sit inside the loops again); ``batch_psum`` sums it once at the end.
+        # check_vma=False: the gradient w.r.t. the replicated params is then the plain local
+        # gradient; with check_vma=True JAX's AD would insert the psum itself where params
+        # meet per-shard values, which may be inside the loops. ``batch_psum`` sums it once.
         return jax.shard_map(per_shard, mesh=active, in_specs=(P(), P(GRADIENT_SYNC_AXIS)),
                              out_specs=P(), axis_names=frozenset({GRADIENT_SYNC_AXIS}),
                              check_vma=False)(params, batch)
