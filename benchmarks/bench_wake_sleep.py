@@ -155,8 +155,9 @@ def main():
     print(f"devices: {jax.devices()}  model: d={cfg.d_model} pattern={cfg.layer_pattern} "
           f"gdn_impl={cfg.gdn_impl} window L={window}")
 
+    prefill_repeats = max(5, repeats // 5)   # each call consumes a whole prompt
     if args.prefill_only:
-        report_prefill(cfg, window, max(5, repeats // 5))
+        report_prefill(cfg, window, prefill_repeats)
         return
 
     ours, theirs = wake_latency(cfg, window, far, repeats)
@@ -172,7 +173,7 @@ def main():
               f"sleep/prefill {t_sleep / t_prefill:5.2f}  (prefill+sleep)/prefill "
               f"{(t_prefill + t_sleep) / t_prefill:5.2f}   (medians)")
 
-    report_prefill(cfg, window, max(5, repeats // 5))
+    report_prefill(cfg, window, prefill_repeats)
     if args.skip_memory:
         return
     mem_cfg = dataclasses.replace(cfg, gdn_chunk_size=min(cfg.gdn_chunk_size, mem["window"]))

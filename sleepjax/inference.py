@@ -40,7 +40,7 @@ from sleepjax.models.sleep_lm import (attn_layer_names, block_name, embed, evict
                                       fast_weight_layout, gdn_layer_names, output_logits,
                                       residual_stream, sleep_over_windows, sleep_passes,
                                       zero_fast_weights, zero_previous_window_kv)
-from sleepjax.models.validation import check_configs
+from sleepjax.models.validation import check_configs, validate_tokens
 
 _STATIC = ("model_cfg", "sleep_cfg")
 
@@ -99,6 +99,14 @@ def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
 
 def _batch_size(state: StreamState) -> int:
     return state.loop_input.shape[0]
+
+
+def _check_tokens(tokens, state, model_cfg):
+    """``tokens [B, T>=1]`` of ids in the vocabulary, B matching ``state``."""
+    shape = tuple(getattr(tokens, "shape", ()))
+    if len(shape) != 2 or shape[0] != _batch_size(state) or shape[1] < 1:
+        raise ValueError(f"tokens: must have shape [batch={_batch_size(state)}, T>=1], got {shape}")
+    validate_tokens(tokens, model_cfg.vocab_size)
 
 
 def _check_token(token, state):
@@ -243,11 +251,7 @@ def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cf
     Returns ``(logits [B, T, vocab], state, slept [T] bool)``; ``slept[i]`` is True when a sleep
     fired right after token ``i``.
     """
-    shape = tuple(getattr(tokens, "shape", ()))
-    if len(shape) != 2 or shape[0] != _batch_size(state) or shape[1] < 1:
-        raise ValueError(f"tokens: must have shape [batch={_batch_size(state)}, T>=1], got {shape}")
-    from sleepjax.models.validation import validate_tokens
-    validate_tokens(tokens, model_cfg.vocab_size)
+    _check_tokens(tokens, state, model_cfg)
     return _feed_jit(params, state, jnp.asarray(tokens), model_cfg=model_cfg, sleep_cfg=sleep_cfg)
 
 
@@ -260,19 +264,16 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
     steps. Returns ``(logits [B, T, vocab], state, slept [T] bool)`` like :func:`feed`.
     ``state.position`` must be concrete (not traced): it decides where windows start.
     """
-    shape = tuple(getattr(tokens, "shape", ()))
-    if len(shape) != 2 or shape[0] != _batch_size(state) or shape[1] < 1:
-        raise ValueError(f"tokens: must have shape [batch={_batch_size(state)}, T>=1], got {shape}")
+    _check_tokens(tokens, state, model_cfg)
     if isinstance(state.position, jax.core.Tracer):
         raise ValueError("state.position: prefill needs a concrete position (call it outside jit)")
-    if not 0 <= int(state.position) < sleep_cfg.window:
-        raise ValueError(f"state.position: must be in [0, window = {sleep_cfg.window}) (a full window "
-                         f"must sleep first, see `sleep`), got {int(state.position)}")
-    from sleepjax.models.validation import validate_tokens
-    validate_tokens(tokens, model_cfg.vocab_size)
+    window, position = sleep_cfg.window, int(state.position)
+    if not 0 <= position < window:
+        raise ValueError(f"state.position: must be in [0, window = {window}) (a full window "
+                         f"must sleep first, see `sleep`), got {position}")
     tokens = jnp.asarray(tokens)
-    window, total = sleep_cfg.window, shape[1]
-    head = min(total, (window - int(state.position)) % window)     # finish the open window
+    total = tokens.shape[1]
+    head = min(total, (window - position) % window)               # finish the open window
     whole = (total - head) // window * window
     pieces = []                                                   # (logits, slept) per part
     if head:
@@ -287,10 +288,8 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
         out, state, slept = _feed_jit(params, state, tokens[:, head + whole:], model_cfg=model_cfg,
                                       sleep_cfg=sleep_cfg)
         pieces.append((out, np.asarray(slept)))
-    logits = [out for out, _ in pieces]
-    slept = [s for _, s in pieces]
-    logits = logits[0] if len(logits) == 1 else jnp.concatenate(logits, axis=1)
-    return logits, state, jnp.asarray(np.concatenate(slept))
+    logits, slept = zip(*pieces)
+    return jnp.concatenate(logits, axis=1), state, jnp.asarray(np.concatenate(slept))
 
 
 class GenerateResult(NamedTuple):

@@ -25,7 +25,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from sleepjax.models.config import ModelConfig, SleepConfig
-from sleepjax.training.config import config_differences, flatten_config, validate_config
+from sleepjax.training.config import (config_differences, flatten_config, unflatten_config,
+                                      validate_config)
 
 CHECKPOINT_SUBDIR = "checkpoints"   # <workdir>/checkpoints/<step>/ (see trainer.py)
 
@@ -198,18 +199,6 @@ def _abstract_params(saved_params, sharding):
     except ValueError as error:
         raise ValueError("load_params: sharding must be None, a jax.sharding.Sharding, or a "
                          f"pytree of shardings shaped like the parameters ({error})") from None
-
-
-def unflatten_config(flat) -> ml_collections.ConfigDict:
-    """The nested experiment ConfigDict of a ``{"section.key": value}`` dict (see flatten_config)."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return ml_collections.ConfigDict(nested)
 
 
 def _resolve_model_configs(config) -> tuple[ModelConfig, SleepConfig]:

@@ -276,6 +276,18 @@ def flatten_config(cfg) -> dict[str, Any]:
     return flat
 
 
+def unflatten_config(flat) -> ml_collections.ConfigDict:
+    """The nested experiment ConfigDict of a ``{"section.key": value}`` dict (see flatten_config)."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(nested)
+
+
 def config_differences(saved, current) -> list[str]:
     """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`."""
     a, b = flatten_config(saved), flatten_config(current)
