@@ -92,13 +92,15 @@ def test_non_primary_process_writes_only_checkpoints(primary_run, tmp_path, monk
 
     # The sweep over a finished run (resumes, trains nothing): no table / JSON / plots here...
     sweep_dir = tmp_path / "sweep"
-    shutil.copytree(primary_dir, sweep_dir / "passes1")
-    rows = run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}])["rows"]
-    assert rows[0]["accuracy"] == primary_result["final_eval"]["accuracy"]
-    assert os.listdir(sweep_dir) == ["passes1"]
+    seed = _config().train.seed
+    shutil.copytree(primary_dir, sweep_dir / f"passes1_seed{seed}")
+    points = run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}], [seed])["points"]
+    assert points[0]["final_eval"]["accuracy"] == primary_result["final_eval"]["accuracy"]
+    assert os.listdir(sweep_dir) == [f"passes1_seed{seed}"]
+    assert "point.json" not in os.listdir(sweep_dir / f"passes1_seed{seed}")
     # ... and all of them on the primary process.
     monkeypatch.setattr(run_logging, "is_primary_process", lambda: True)
-    run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}])
+    run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}], [seed])
     assert {"accuracy_vs_passes.json", "accuracy_vs_passes.md", "accuracy_vs_passes.png",
             "accuracy_vs_tokens.png", "accuracy_vs_difficulty.png"} < set(os.listdir(sweep_dir))
 

@@ -100,6 +100,7 @@ class DepoSource(ProceduralSource):
         self.seq_len = seq_len(cfg)
         self.window = default_window(cfg)
         self.eval_difficulties = tuple(cfg["eval_k"])
+        self.answer_choices = cfg["num_node_symbols"]   # an answer is one node name
         tok = self.tokenizer
         self._pad, self._arrow, self._comma = tok.id("<pad>"), tok.id("->"), tok.id(",")
         self._hops, self._after, self._colon = tok.id("hops"), tok.id("after"), tok.id(":")

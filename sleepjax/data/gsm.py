@@ -214,6 +214,7 @@ class GsmSource(ProceduralSource):
         self.seq_len = seq_len(cfg)
         self.window = default_window(cfg)
         self.eval_difficulties = tuple(cfg["eval_ops"])
+        self.answer_choices = cfg["max_value"] + 1      # an answer is a value in [0, max_value]
         self.word_ids = {token: i for i, token in enumerate(self.tokenizer.tokens)}
 
     def _draw(self, numpy_rng: np.random.Generator, split: str) -> tuple[bytes, dict[str, Any]]:

@@ -107,6 +107,8 @@ class Rule110Source(ProceduralSource):
         self.seq_len = seq_len(cfg)
         self.window = default_window(cfg)
         self.eval_difficulties = (cfg["t"],)
+        # An answer is the num_states label bits together: uniform guessing is right 1 in 2^S.
+        self.answer_choices = 2 ** cfg["num_states"]
         self._query_id = self.tokenizer.id("?")
 
     def _draw(self, rng: np.random.Generator, split: str) -> tuple[bytes, np.ndarray]:
