@@ -91,6 +91,8 @@ class DepoSource(ProceduralSource):
     """Random-access source of Depo records (see the module docstring for the layout)."""
 
     task_name = NAME
+    fields = FIELDS
+    check_config = staticmethod(check)
     difficulty_name = DIFFICULTY_NAME
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):

@@ -205,6 +205,8 @@ class GsmSource(ProceduralSource):
     """Random-access source of GSM-style records (see the module docstring for the layout)."""
 
     task_name = NAME
+    fields = FIELDS
+    check_config = staticmethod(check)
     difficulty_name = DIFFICULTY_NAME
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):

@@ -98,6 +98,8 @@ class Rule110Source(ProceduralSource):
     """Random-access source of Rule 110 records (see the module docstring for the layout)."""
 
     task_name = NAME
+    fields = FIELDS
+    check_config = staticmethod(check)
     difficulty_name = DIFFICULTY_NAME
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
