@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Mapping, Sequence
 
@@ -22,18 +21,19 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sleepjax import partitioning
-from sleepjax.training import plots
-from sleepjax.training.checkpointing import ConfigMismatchError
+from sleepjax.training import cli, plots
 from sleepjax.training.config import apply_overrides, load_config_module
 from sleepjax.training.evaluate import write_json
 from sleepjax.training import logging as run_logging
-from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
+from sleepjax.training.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file with variant, e.g. experiments/rule110.py:tiny",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep output directory (one sub-workdir per N).")
 _PASSES = flags.DEFINE_list("passes", None, "Override the sweep: comma-separated N values.")
+_ALLOW_SCHEDULE_CHANGE = flags.DEFINE_bool("allow_schedule_change", False,
+                                           cli.ALLOW_SCHEDULE_CHANGE_HELP)
 
 
 def sweep_points(config_path: str | None, passes: Sequence[str] | None) -> list[dict]:
@@ -71,8 +71,11 @@ def format_table(rows: Sequence[Mapping], difficulty_name: str) -> str:
     return "\n".join(lines)
 
 
-def run_sweep(cfg, workdir: str, points: Sequence[Mapping]) -> dict:
+def run_sweep(cfg, workdir: str, points: Sequence[Mapping], *,
+              allow_schedule_change: bool = False) -> dict:
     """Train every sweep point (``{"sleep.passes": N, ...}`` overrides of ``cfg``); write outputs.
+
+    ``allow_schedule_change`` is passed to every ``train_and_evaluate``.
 
     Returns ``{"rows": [...], "table": str}``.
     """
@@ -85,14 +88,14 @@ def run_sweep(cfg, workdir: str, points: Sequence[Mapping]) -> dict:
         passes = int(run_cfg.sleep.passes)
         name = "_".join(f"{k.split('.')[-1]}{v}" for k, v in point.items()) or f"passes{passes}"
         run_dir = os.path.join(workdir, name)
-        result = train_and_evaluate(run_cfg, run_dir)
+        result = train_and_evaluate(run_cfg, run_dir, allow_schedule_change=allow_schedule_change)
         final = result["final_eval"]
         difficulty_name = result["difficulty_name"]
         rows.append({"passes": passes, "run": name, "overrides": dict(point),
                      "accuracy": final["accuracy"], "examples": final["examples"],
                      "eval_loss": final["loss"], "tokens_seen": final["tokens_seen"],
                      "final_train_loss": _final_train_loss(result, run_dir),
-                     "wall_time_s": result["wall_time_s"]})
+                     "wall_time_s": result["total_wall_time_s"]})   # across resumes
         histories[passes] = result["history"]
         finals[passes] = final["accuracy"]
     table = format_table(rows, difficulty_name)
@@ -133,15 +136,17 @@ def main(argv) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
+    cli.quiet_library_logs()
     # Join a multi-host job first (a no-op for one process): see sleepjax.partitioning.
     partitioning.initialize_distributed()
+    return cli.run_reporting_errors(_sweep_and_report)
+
+
+def _sweep_and_report() -> int:
     started = time.perf_counter()
-    try:
-        points = sweep_points(config_flags.get_config_filename(flags.FLAGS["config"]), _PASSES.value)
-        result = run_sweep(_CONFIG.value, _WORKDIR.value, points)
-    except (ConfigMismatchError, NonFiniteError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    points = sweep_points(config_flags.get_config_filename(flags.FLAGS["config"]), _PASSES.value)
+    result = run_sweep(_CONFIG.value, _WORKDIR.value, points,
+                       allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)
     print(result["table"])
     if run_logging.is_primary_process():
         print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md,png}}, "
@@ -152,4 +157,4 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=cli.make_flags_parser())
