@@ -26,7 +26,8 @@ from sleepjax.training.trainer import train_and_evaluate
 from conftest_training import enable_compilation_cache, tiny_config
 
 STEPS = 2
-HOST_FILES = {"config.json", "config.txt", "tensorboard", "train_log.jsonl", "eval.json"}
+HOST_FILES = {"config.json", "config.txt", "tensorboard", "train_log.jsonl", "eval.json",
+              "workdir.lock"}
 
 
 def _config():
@@ -95,6 +96,8 @@ def test_non_primary_process_writes_only_checkpoints(primary_run, tmp_path, monk
     shutil.copytree(primary_dir, sweep_dir / "passes1")
     rows = run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}])["rows"]
     assert rows[0]["accuracy"] == primary_result["final_eval"]["accuracy"]
+    # Its wall time is the run's, saved with its last checkpoint; not the rerun's few seconds.
+    assert rows[0]["wall_time_s"] == pytest.approx(primary_result["total_wall_time_s"], rel=0.2)
     assert os.listdir(sweep_dir) == ["passes1"]
     # ... and all of them on the primary process.
     monkeypatch.setattr(run_logging, "is_primary_process", lambda: True)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sleepjax.training import trainer
+from sleepjax.training.logging import read_eval_history
 from sleepjax.training.checkpointing import (CheckpointDamagedError, Checkpointer,
                                              ScheduleChangeError, load_params)
 from sleepjax.training.interrupts import TrainingInterrupted
@@ -187,3 +188,10 @@ def test_schedule_change_on_resume_needs_consent(finished_run, tmp_path, caplog)
     assert result["start_step"] == 8 and [s for s, _ in result["losses"]] == [9, 10]
     with Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False) as ck:
         assert ck.all_steps() == [8, 10] and ck.verify(10)
+
+
+def test_truncated_eval_history_names_the_file(tmp_path):
+    path = tmp_path / "eval.json"
+    path.write_text('{"difficulty_name": "t", "history": [{"step": 4, ')
+    with pytest.raises(ValueError, match=rf"{path}: not valid JSON"):
+        read_eval_history(str(tmp_path), 8)

@@ -111,7 +111,8 @@ class Checkpointer:
 
         ``progress``: JSON-able facts about the run so far (e.g. ``{"wall_time_s": ..}``).
         """
-        self.seal_finished()
+        # orbax waits for the previous save before starting this one anyway: seal it first.
+        self.seal_finished(block=True)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),

@@ -42,7 +42,8 @@ from sleepjax.training import evaluate as evaluation
 from sleepjax.training.checkpointing import CHECKPOINT_SUBDIR, CheckpointDamagedError, Checkpointer
 from sleepjax.training.config import ResolvedConfig, validate_config
 from sleepjax.training.interrupts import StopRequests, TrainingInterrupted
-from sleepjax.training.logging import RunLogger, is_primary_process, read_eval_history
+from sleepjax.training import logging as run_logging
+from sleepjax.training.logging import RunLogger, read_eval_history
 from sleepjax.training.optimizer import make_optimizer, warmup_stable_decay
 from sleepjax.training.state import init_train_state
 from sleepjax.training.train_step import TRAIN_BATCH_KEYS, make_eval_step, make_train_step
@@ -88,7 +89,7 @@ def train_and_evaluate(cfg, workdir: str, *,
     started = time.perf_counter()
     rc: ResolvedConfig = validate_config(cfg)
     os.makedirs(workdir, exist_ok=True)
-    with WorkdirLock(workdir, enabled=is_primary_process()), StopRequests() as stop:
+    with WorkdirLock(workdir, enabled=run_logging.is_primary_process()), StopRequests() as stop:
         return _train_locked(cfg, rc, workdir, started, stop, step_callback, allow_schedule_change)
 
 
@@ -120,7 +121,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR),
                                 keep=train_cfg.keep_checkpoints,
                                 async_save=train_cfg.async_checkpointing,
-                                write_manifests=is_primary_process())
+                                write_manifests=run_logging.is_primary_process())
     try:
         restored = _restore_latest_intact(
             checkpointer, cfg, partitioning.with_shardings(abstract_state, state_shardings),
@@ -246,7 +247,8 @@ def _restore_latest_intact(checkpointer: Checkpointer, cfg, abstract_state, data
                                                     allow_schedule_change=allow_schedule_change)
             state, progress = checkpointer.restore(step, abstract_state, data_iterator)
         except CheckpointDamagedError as error:
-            where = checkpointer.quarantine(step) if is_primary_process() else "(primary host)"
+            primary = run_logging.is_primary_process()
+            where = checkpointer.quarantine(step) if primary else "(by the primary process)"
             _log.warning("%s; moved it to %s and falling back to the previous checkpoint",
                          error, where)
             continue
