@@ -146,24 +146,21 @@ class Checkpointer:
         self._manager.reload()
         return target
 
-    def restore(self, step: int, abstract_state, data_iterator) -> tuple[Any, dict]:
+    def restore(self, step: int, abstract_state, data_iterator):
         """Restore checkpoint ``step`` into ``abstract_state``'s shapes, dtypes and shardings.
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set;
-        ``data_iterator`` is repositioned in place. Returns ``(state, progress)``
-        (``progress`` is empty for a checkpoint written before it existed).
+        ``data_iterator`` is repositioned in place. Returns the restored state.
 
         Raises:
           CheckpointDamagedError: a file differs from the step's manifest, cannot be read, or
             the restored arrays are not all finite.
         """
         self.verify(step)
-        items = dict(state=ocp.args.StandardRestore(abstract_state),
-                     data=grain.checkpoint.CheckpointRestore(data_iterator))
-        if os.path.isdir(os.path.join(self.step_dir(step), "progress")):
-            items["progress"] = ocp.args.JsonRestore()
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator)))
         except (ValueError, OSError) as error:   # a damaged file orbax / tensorstore cannot read
             raise CheckpointDamagedError(step, self.step_dir(step),
                                          f"restore failed ({error})") from None
@@ -171,7 +168,15 @@ class Checkpointer:
         if bad_leaf is not None:
             raise CheckpointDamagedError(step, self.step_dir(step),
                                          f"restored array {bad_leaf} has non-finite values")
-        return restored["state"], (dict(restored["progress"]) if "progress" in items else {})
+        return restored["state"]
+
+    def progress(self, step: int) -> dict[str, Any]:
+        """The ``progress`` item of checkpoint ``step`` (empty for checkpoints without one)."""
+        if not os.path.isdir(os.path.join(self.step_dir(step), "progress")):
+            return {}
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            progress=ocp.args.JsonRestore()))
+        return dict(restored["progress"])
 
     def wait(self) -> None:
         """Block until every pending asynchronous save is on disk (and has its manifest)."""

@@ -188,10 +188,12 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
                 if stop.requested:
                     if step > start_step and checkpointer.latest_step() != step:
                         save(step)
+                    kept = checkpointer.latest_step()
                     raise TrainingInterrupted(
-                        f"{stop.requested} received: stopped after step {step}; checkpoint step "
-                        f"{checkpointer.latest_step()} is complete in {checkpointer.directory}; "
-                        "rerun the same command to resume")
+                        f"{stop.requested} received: stopped after step {step}; "
+                        + (f"checkpoint step {kept} is complete in {checkpointer.directory}"
+                           if kept is not None else "no checkpoint was written yet")
+                        + "; rerun the same command to resume")
                 host_batch = next(data_iterator)
                 batch = partitioning.make_global_batch(
                     {k: host_batch[k] for k in TRAIN_BATCH_KEYS}, mesh)
@@ -245,7 +247,8 @@ def _restore_latest_intact(checkpointer: Checkpointer, cfg, abstract_state, data
             verified = checkpointer.verify(step)
             changes = checkpointer.check_compatible(cfg, step,
                                                     allow_schedule_change=allow_schedule_change)
-            state, progress = checkpointer.restore(step, abstract_state, data_iterator)
+            state = checkpointer.restore(step, abstract_state, data_iterator)
+            progress = checkpointer.progress(step)
         except CheckpointDamagedError as error:
             primary = run_logging.is_primary_process()
             where = checkpointer.quarantine(step) if primary else "(by the primary process)"
