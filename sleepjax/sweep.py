@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Mapping, Sequence
 
@@ -32,15 +31,15 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sleepjax import data, partitioning
-from sleepjax.training import plots, stats
+from sleepjax.training import cli, plots, stats
 from sleepjax.training.baselines import task_baselines
-from sleepjax.training.checkpointing import ConfigMismatchError, load_params
+from sleepjax.training.checkpointing import load_params
 from sleepjax.training.config import (apply_overrides, flatten_config, load_config_module,
                                       validate_config)
 from sleepjax.training.cross_eval import evaluate_at_passes
 from sleepjax.training.evaluate import write_json
 from sleepjax.training import logging as run_logging
-from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
+from sleepjax.training.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file with variant, e.g. experiments/rule110.py:tiny",
@@ -52,6 +51,9 @@ _SEEDS = flags.DEFINE_list("seeds", None, "Comma-separated seeds (train.seed: in
 _EVAL_PASSES = flags.DEFINE_list(
     "eval_passes", None, "N' values every trained model is also evaluated with; default: every "
     "N of the sweep and twice the largest; 'none' disables.")
+
+_ALLOW_SCHEDULE_CHANGE = flags.DEFINE_bool("allow_schedule_change", False,
+                                           cli.ALLOW_SCHEDULE_CHANGE_HELP)
 
 POINT_FILE = "point.json"
 
@@ -116,18 +118,19 @@ def _read_point(run_dir: str, flat_cfg: Mapping) -> dict | None:
     return point if point.get("config") == flat_cfg else None
 
 
-def run_point(cfg, run_dir: str, setting: Mapping, seed: int, eval_passes: Sequence[int]) -> dict:
+def run_point(cfg, run_dir: str, setting: Mapping, seed: int, eval_passes: Sequence[int], *,
+              allow_schedule_change: bool = False) -> dict:
     """Train (or reuse) one point and evaluate it at every N' of ``eval_passes``."""
     flat = json.loads(json.dumps(flatten_config(cfg)))   # JSON-normalised, as stored
     point = _read_point(run_dir, flat)
     if point is None:
-        result = train_and_evaluate(cfg, run_dir)
+        result = train_and_evaluate(cfg, run_dir, allow_schedule_change=allow_schedule_change)
         final = result["final_eval"]
         point = {"config": flat, "setting": dict(setting), "seed": seed,
                  "passes": int(cfg.sleep.passes), "final_eval": final,
                  "history": result["history"],
                  "final_train_loss": _final_train_loss(result, run_dir),
-                 "wall_time_s": float(result.get("total_wall_time_s", result["wall_time_s"])),
+                 "wall_time_s": float(result["total_wall_time_s"]),   # across resumes
                  "cross_eval": {}}
         params = result["params"]
     else:
@@ -143,11 +146,12 @@ def run_point(cfg, run_dir: str, setting: Mapping, seed: int, eval_passes: Seque
 
 
 def run_sweep(cfg, workdir: str, settings: Sequence[Mapping], seeds: Sequence[int],
-              eval_passes: Sequence[int] = ()) -> dict:
+              eval_passes: Sequence[int] = (), *, allow_schedule_change: bool = False) -> dict:
     """Train every ``(setting, seed)``; write the sweep's tables and plots.
 
     ``settings`` are dotted-key overrides of ``cfg`` (``{"sleep.passes": N}``); ``seeds`` set
-    ``train.seed``. Returns ``{"points": [...], "summary": {...}, "table": str}``.
+    ``train.seed``; ``allow_schedule_change`` is passed to every ``train_and_evaluate``.
+    Returns ``{"points": [...], "summary": {...}, "table": str}``.
     """
     if not seeds:
         raise ValueError("--seeds: at least one seed is needed")
@@ -161,7 +165,8 @@ def run_sweep(cfg, workdir: str, settings: Sequence[Mapping], seeds: Sequence[in
         for seed in seeds:
             run_cfg = apply_overrides(cfg, {**setting, "train.seed": int(seed)})
             run_dir = os.path.join(workdir, point_name(setting, seed))
-            points.append(run_point(run_cfg, run_dir, setting, int(seed), eval_passes))
+            points.append(run_point(run_cfg, run_dir, setting, int(seed), eval_passes,
+                                    allow_schedule_change=allow_schedule_change))
     summary = stats.summarize(points, baselines, test_source.difficulty_name)
     table = stats.format_report(summary)
     if run_logging.is_primary_process():   # the only host that writes the sweep's files
@@ -197,30 +202,32 @@ def main(argv) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
+    cli.quiet_library_logs()
     # Join a multi-host job first (a no-op for one process): see sleepjax.partitioning.
     partitioning.initialize_distributed()
+    return cli.run_reporting_errors(_sweep_and_report)
+
+
+def _sweep_and_report() -> int:
     started = time.perf_counter()
-    try:
-        config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-        settings = sweep_points(config_path, _PASSES.value)
-        seeds = sweep_seeds(config_path, _SEEDS.value, _CONFIG.value)
-        if _EVAL_PASSES.value == ["none"]:
-            eval_passes = []
-        elif _EVAL_PASSES.value:
-            eval_passes = _parse_ints("eval_passes", _EVAL_PASSES.value, 1)
-        else:
-            eval_passes = default_eval_passes(settings, _CONFIG.value)
-        result = run_sweep(_CONFIG.value, _WORKDIR.value, settings, seeds, eval_passes)
-    except (ConfigMismatchError, NonFiniteError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    settings = sweep_points(config_path, _PASSES.value)
+    seeds = sweep_seeds(config_path, _SEEDS.value, _CONFIG.value)
+    if _EVAL_PASSES.value == ["none"]:
+        eval_passes = []
+    elif _EVAL_PASSES.value:
+        eval_passes = _parse_ints("eval_passes", _EVAL_PASSES.value, 1)
+    else:
+        eval_passes = default_eval_passes(settings, _CONFIG.value)
+    result = run_sweep(_CONFIG.value, _WORKDIR.value, settings, seeds, eval_passes,
+                       allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)
     print(result["table"])
     if run_logging.is_primary_process():
         print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md}} and plots; "
-              f"total wall time {time.perf_counter() - started:.0f} s")
+              f"this invocation's wall time {time.perf_counter() - started:.0f} s")
     return 0
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=cli.make_flags_parser())

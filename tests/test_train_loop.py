@@ -145,8 +145,21 @@ def _tiny_flags(**extra):
 
 
 def test_cli_rejects_unknown_key_and_bad_values(tmp_path):
-    proc = _cli([f"--workdir={tmp_path}", "--config.sleep.pases=2"])
-    assert proc.returncode != 0 and "pases" in proc.stderr
     proc = _cli([f"--workdir={tmp_path}", "--config.sleep.window=500"])
     assert proc.returncode == 1 and "sleep.window" in proc.stderr
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+@pytest.mark.parametrize("module", ["sleepjax.train", "sleepjax.sweep"])
+def test_cli_config_errors_are_one_line_naming_the_key_or_path(module, tmp_path):
+    missing = str(tmp_path / "missing.py")
+    for args, named in (([f"--config={missing}:tiny"], f"cannot read config file {missing!r}"),
+                        ([f"--config={RULE110}:tiny", "--config.sleep.pases=2"],
+                         "--config.sleep.pases: unknown config key"),
+                        ([f"--config={RULE110}:huge"], "config variant: must be one of")):
+        proc = subprocess.run([sys.executable, "-m", module, *args, f"--workdir={tmp_path}/w"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+        assert lines[0].startswith("error: ") and named in lines[0], lines
+    assert not os.path.exists(tmp_path / "w")

@@ -26,7 +26,8 @@ from sleepjax.training.trainer import train_and_evaluate
 from conftest_training import enable_compilation_cache, tiny_config
 
 STEPS = 2
-HOST_FILES = {"config.json", "config.txt", "tensorboard", "train_log.jsonl", "eval.json"}
+HOST_FILES = {"config.json", "config.txt", "tensorboard", "train_log.jsonl", "eval.json",
+              "workdir.lock"}
 
 
 def _config():
@@ -96,6 +97,8 @@ def test_non_primary_process_writes_only_checkpoints(primary_run, tmp_path, monk
     shutil.copytree(primary_dir, sweep_dir / f"passes1_seed{seed}")
     points = run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}], [seed])["points"]
     assert points[0]["final_eval"]["accuracy"] == primary_result["final_eval"]["accuracy"]
+    # Its wall time is the run's, saved with its last checkpoint; not the rerun's few seconds.
+    assert points[0]["wall_time_s"] == pytest.approx(primary_result["total_wall_time_s"], rel=0.2)
     assert os.listdir(sweep_dir) == [f"passes1_seed{seed}"]
     assert "point.json" not in os.listdir(sweep_dir / f"passes1_seed{seed}")
     # ... and all of them on the primary process.

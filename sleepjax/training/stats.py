@@ -100,8 +100,8 @@ def format_report(summary: Mapping) -> str:
     header = (["setting", "seeds", "acc all (mean ± std)", "acc all per seed"]
               + [f"acc {name}={k}" for k in shown]
               + ["answer loss", "tokens", "wall time per run (s)"])
-    lines = [f"Exact-match accuracy on the test split after training; mean ± sample std over "
-             f"seeds, then every seed's value (seeds listed per row).", "",
+    lines = ["Exact-match accuracy on the test split after training; mean ± sample std over "
+             "seeds, then every seed's value (seeds listed per row).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in settings:
         cells = ([s["label"], ",".join(map(str, s["seeds"])), _fmt(s["accuracy"]["all"]),
