@@ -121,10 +121,13 @@ def test_sweep_points_seeds_and_report_format():
     summary = stats.summarize([point(1, 0, 0.5, 0.7), point(1, 1, 0.7, 0.9), point(2, 0, 0.9, 0.1)],
                               baselines, "k")
     table = stats.format_report(summary)
-    assert "| N=1 | 0,1 | 0.600 ± 0.141 | 0.500 / 0.700 | 0.600 ± 0.141 | 0.300 ± 0.071 |" in table
-    assert "| N=2 | 0 | 0.900 | 0.900 |" in table
-    assert "| chance | - | 0.250 | - | 0.250 | 0.250 |" in table
-    assert "| always-majority answer | - | 0.300 | - | 0.300 | 0.350 | 1.350 |" in table
+    assert ("| N=1 | 0,1 | 0.600 ± 0.141 | 0.500 / 0.700 | - | 0.600 ± 0.141 | 0.300 ± 0.071 |"
+            in table)
+    # N=2 ran seed 0 only: its paired difference is against N=1's seed 0 (0.9 - 0.5).
+    assert "| N=2 | 0 | 0.900 | 0.900 | +0.400 ± 0.000 (0.400) |" in table
+    assert "Δ acc vs N=1, same seed" in table
+    assert "| chance | - | 0.250 | - | - | 0.250 | 0.250 |" in table
+    assert "| always-majority answer | - | 0.300 | - | - | 0.300 | 0.350 | 1.350 |" in table
     assert "| N=1 | 0.800 ± 0.141 | 1.600 ± 0.283 |" in table       # loss per k
     assert "| N=1 | 0.200 ± 0.047 |" in table                       # cross-evaluation at N'=1
 

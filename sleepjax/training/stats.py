@@ -73,7 +73,23 @@ def summarize(points: Sequence[Mapping], baselines: Mapping, difficulty_name: st
             "loss_curve": {k: _curves(histories, lambda e, k=k: _loss_by_level(e).get(k, math.nan))
                            for k in loss_levels},
         })
+    _add_paired_differences(settings, groups)
     return {"difficulty_name": difficulty_name, "baselines": dict(baselines), "settings": settings}
+
+
+def _add_paired_differences(settings: list[dict], groups: Mapping[str, Sequence[Mapping]]) -> None:
+    """Accuracy minus the reference setting's (the fewest passes) on the same seed.
+
+    Runs with the same seed share the initialisation and the data order, so the per-seed
+    difference removes most of the seed-to-seed spread that an unpaired mean ± std carries.
+    """
+    reference = min(settings, key=lambda s: s["passes"])
+    by_seed = {p["seed"]: p["final_eval"]["accuracy"]["all"] for p in groups[reference["label"]]}
+    for s in settings:
+        diffs = [p["final_eval"]["accuracy"]["all"] - by_seed[p["seed"]]
+                 for p in groups[s["label"]] if p["seed"] in by_seed]
+        if s is not reference and diffs:
+            s["paired_difference"] = {"reference": reference["label"], **mean_std(diffs)}
 
 
 def _level_key(level: str):
@@ -90,6 +106,12 @@ def _per_seed(stat: Mapping, digits: int = 3) -> str:
     return " / ".join(f"{v:.{digits}f}" for v in stat["values"])
 
 
+def _paired(diff: Mapping | None) -> str:
+    if diff is None:
+        return "-"
+    return f"{diff['mean']:+.3f} ± {diff['std']:.3f} ({_per_seed(diff)})"
+
+
 def format_report(summary: Mapping) -> str:
     """The markdown tables: accuracy and loss per setting, baselines, and cross-evaluation."""
     name = summary["difficulty_name"]
@@ -97,7 +119,10 @@ def format_report(summary: Mapping) -> str:
     settings = summary["settings"]
     levels = sorted({k for s in settings for k in s["accuracy"]}, key=_level_key)
     shown = [k for k in levels if k != "all"] if len(levels) > 2 else []
+    reference = next((s["paired_difference"]["reference"] for s in settings
+                      if "paired_difference" in s), None)
     header = (["setting", "seeds", "acc all (mean ± std)", "acc all per seed"]
+              + ([f"Δ acc vs {reference}, same seed"] if reference else [])
               + [f"acc {name}={k}" for k in shown]
               + ["answer loss", "tokens", "wall time per run (s)"])
     lines = ["Exact-match accuracy on the test split after training; mean ± sample std over "
@@ -106,12 +131,13 @@ def format_report(summary: Mapping) -> str:
     for s in settings:
         cells = ([s["label"], ",".join(map(str, s["seeds"])), _fmt(s["accuracy"]["all"]),
                   _per_seed(s["accuracy"]["all"])]
+                 + ([_paired(s.get("paired_difference"))] if reference else [])
                  + [_fmt(s["accuracy"][k]) if k in s["accuracy"] else "-" for k in shown]
                  + [_fmt(s["loss"]["all"]), f"{s['tokens_seen']:,}",
                     f"{s['wall_time_s']['mean']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
     for label, key in (("chance", "chance"), ("always-majority answer", "majority")):
-        cells = ([label, "-", f"{base[key]['all']:.3f}", "-"]
+        cells = ([label, "-", f"{base[key]['all']:.3f}", "-"] + (["-"] if reference else [])
                  + [f"{base[key].get(k, math.nan):.3f}" for k in shown]
                  + [f"{base['marginal_loss']['all']:.3f}" if key == "majority" else "-", "-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
