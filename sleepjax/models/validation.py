@@ -31,13 +31,50 @@ def validate_tokens(tokens, vocab_size: int, mask=None):
         mask_shape = tuple(getattr(mask, "shape", np.shape(mask)))
         if mask_shape != shape:
             raise ValueError(f"mask: shape {mask_shape} differs from the shape of tokens {shape}")
-    if _is_concrete(tokens):
-        values = np.asarray(tokens)
-        lo, hi = int(values.min()), int(values.max())
-        if lo < 0 or hi >= vocab_size:
-            bad = values[(values < 0) | (values >= vocab_size)]
-            raise ValueError(f"tokens: ids must lie in [0, vocab_size={vocab_size}), found "
-                             f"{bad.size} outside (min {lo}, max {hi})")
+    check_token_ids("tokens", tokens, vocab_size)
+
+
+def check_token_ids(name: str, tokens, vocab_size: int):
+    """When ``tokens`` is concrete (not traced under jit), every id must lie in ``[0, vocab_size)``."""
+    if not _is_concrete(tokens):
+        return
+    values = np.asarray(tokens)
+    if not values.size:
+        return
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = values[(values < 0) | (values >= vocab_size)]
+        raise ValueError(f"{name}: ids must lie in [0, vocab_size={vocab_size}), found "
+                         f"{bad.size} outside (min {lo}, max {hi})")
+
+
+def tree_layout(abstract_tree):
+    """``(treedef, [(path, shape, dtype)])`` of a pytree of arrays or ShapeDtypeStructs."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree)
+    return treedef, [(jax.tree_util.keystr(path), tuple(leaf.shape), np.dtype(leaf.dtype))
+                     for path, leaf in leaves]
+
+
+def check_tree_shapes(name: str, tree, layout, expected_from: str):
+    """``tree`` has the structure, shapes and dtypes of ``layout`` (from :func:`tree_layout`).
+
+    Raises ValueError naming the first differing leaf as ``name<path>`` and what
+    ``expected_from`` (e.g. the configs) needs instead. Host-side: reads shapes only.
+    """
+    treedef, expected = layout
+    leaves, got_def = jax.tree_util.tree_flatten(tree)
+    if got_def != treedef:
+        got_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        want_paths = {p for p, _, _ in expected}
+        raise ValueError(f"{name}: its entries do not match {expected_from}: missing "
+                         f"{[name + p for p in sorted(want_paths - got_paths)]}, unexpected "
+                         f"{[name + p for p in sorted(got_paths - want_paths)]}")
+    for leaf, (path, shape, dtype) in zip(leaves, expected):
+        got_shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
+        got_dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if got_shape != shape or got_dtype != dtype:
+            raise ValueError(f"{name}{path}: shape {got_shape} {got_dtype}, but {expected_from} "
+                             f"needs {shape} {dtype}")
 
 
 def check_configs(model_cfg: ModelConfig, sleep_cfg: SleepConfig):
