@@ -227,26 +227,25 @@ def _check_open_window(state, sleep_cfg, call):
                          f"{call}, got {position}")
 
 
-def _check_streaming_call(state, token_or_tokens, model_cfg, sleep_cfg, call):
-    """Everything a wake step needs: a matching state with room, ids in the vocabulary."""
-    _check_state(state, model_cfg, sleep_cfg)
+def _check_token(token, state, model_cfg):
+    """``token [B]`` of integer ids in the vocabulary, B the state's batch."""
     batch = state.loop_input.shape[0]
-    if call in ("wake_step", "step"):
-        token = token_or_tokens
-        shape = tuple(getattr(token, "shape", ()))
-        if shape != (batch,):
-            raise ValueError(f"token: must have shape [batch={batch}] (one id per stream of the state), "
-                             f"got shape {shape}")
-        if not np.issubdtype(np.dtype(token.dtype), np.integer):
-            raise ValueError(f"token: must be integer ids, got dtype {token.dtype}")
-        check_token_ids("token", token, model_cfg.vocab_size)
-    else:
-        tokens = token_or_tokens
-        shape = tuple(getattr(tokens, "shape", ()))
-        if len(shape) != 2 or shape[0] != batch or shape[1] < 1:
-            raise ValueError(f"tokens: must have shape [batch={batch}, T>=1], got {shape}")
-        validate_tokens(tokens, model_cfg.vocab_size)
-    _check_open_window(state, sleep_cfg, call)
+    shape = tuple(getattr(token, "shape", ()))
+    if shape != (batch,):
+        raise ValueError(f"token: must have shape [batch={batch}] (one id per stream of the state), "
+                         f"got shape {shape}")
+    if not np.issubdtype(np.dtype(token.dtype), np.integer):
+        raise ValueError(f"token: must be integer ids, got dtype {token.dtype}")
+    check_token_ids("token", token, model_cfg.vocab_size)
+
+
+def _check_tokens(tokens, state, model_cfg):
+    """``tokens [B, T>=1]`` of integer ids in the vocabulary, B the state's batch."""
+    batch = state.loop_input.shape[0]
+    shape = tuple(getattr(tokens, "shape", ()))
+    if len(shape) != 2 or shape[0] != batch or shape[1] < 1:
+        raise ValueError(f"tokens: must have shape [batch={batch}, T>=1], got {shape}")
+    validate_tokens(tokens, model_cfg.vocab_size)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -257,7 +256,9 @@ def wake_step(params, state: StreamState, token, *, model_cfg: ModelConfig, slee
     Requires ``state.position < L`` (a window that is not full); :func:`step` guarantees it by
     sleeping as soon as a window fills. Jit-compiled (configs are static).
     """
-    _check_streaming_call(state, token, model_cfg, sleep_cfg, "wake_step")
+    _check_state(state, model_cfg, sleep_cfg)
+    _check_token(token, state, model_cfg)
+    _check_open_window(state, sleep_cfg, "wake_step")
     return _wake_step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
 
 
@@ -279,7 +280,9 @@ def step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg
 
     Returns ``(logits [B, vocab], state, slept)`` where ``slept`` is a bool scalar.
     """
-    _check_streaming_call(state, token, model_cfg, sleep_cfg, "step")
+    _check_state(state, model_cfg, sleep_cfg)
+    _check_token(token, state, model_cfg)
+    _check_open_window(state, sleep_cfg, "step")
     return _step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
 
 
@@ -289,7 +292,9 @@ def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cf
     Returns ``(logits [B, T, vocab], state, slept [T] bool)``; ``slept[i]`` is True when a sleep
     fired right after token ``i``.
     """
-    _check_streaming_call(state, tokens, model_cfg, sleep_cfg, "feed")
+    _check_state(state, model_cfg, sleep_cfg)
+    _check_tokens(tokens, state, model_cfg)
+    _check_open_window(state, sleep_cfg, "feed")
     return _feed_jit(params, state, jnp.asarray(tokens), model_cfg=model_cfg, sleep_cfg=sleep_cfg)
 
 
@@ -304,7 +309,9 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
     """
     if isinstance(getattr(state, "position", None), jax.core.Tracer):
         raise ValueError("state.position: prefill needs a concrete position (call it outside jit)")
-    _check_streaming_call(state, tokens, model_cfg, sleep_cfg, "prefill")
+    _check_state(state, model_cfg, sleep_cfg)
+    _check_tokens(tokens, state, model_cfg)
+    _check_open_window(state, sleep_cfg, "prefill")
     window, position = sleep_cfg.window, int(state.position)
     tokens = jnp.asarray(tokens)
     total = tokens.shape[1]

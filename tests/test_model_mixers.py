@@ -95,3 +95,19 @@ def test_causal_conv_history_is_the_previous_inputs():
     head, history = causal_conv(jnp.asarray(x[:, :2]), jnp.asarray(w))
     rest, _ = causal_conv(jnp.asarray(x[:, 2:]), jnp.asarray(w), history)
     np.testing.assert_allclose(np.asarray(jnp.concatenate([head, rest], 1)), want, rtol=1e-6, atol=1e-6)
+
+
+def test_full_attention_baseline_decode_matches_its_forward():
+    # the baseline runs the same block loop: a parallel prefill, then cached one-token steps
+    from sleepjax.models import baseline
+    cfg = model_config(layer_pattern="AG")
+    params = baseline.init_baseline_params(cfg, jax.random.PRNGKey(0))
+    seq = jnp.asarray(np.random.RandomState(0).randint(0, cfg.vocab_size, (BATCH, SEQ)), jnp.int32)
+    full = jax.jit(baseline.baseline_forward, static_argnames="cfg")(params, seq, cfg=cfg)
+    logits, cache = baseline.prefill(params, seq[:, :3], cfg, max_len=SEQ)
+    decode = jax.jit(baseline.decode_step, static_argnames="cfg")
+    steps = [logits]
+    for t in range(3, SEQ):
+        out, cache = decode(params, cache, seq[:, t], jnp.int32(t), cfg=cfg)
+        steps.append(out[:, None])
+    assert max_rel_err(jnp.concatenate(steps, axis=1), full) < 1e-5
