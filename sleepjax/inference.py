@@ -204,13 +204,14 @@ def _check_state(state, model_cfg, sleep_cfg):
         raise ValueError(f"state: built for window L={window} (loop_input {loop_shape}), but "
                          f"sleep_cfg.window = {sleep_cfg.window}")
     check_tree_shapes("state", state, _state_layout(model_cfg, sleep_cfg, batch_size),
-                      f"model_cfg / sleep_cfg (window={sleep_cfg.window}, "
+                      lambda: f"model_cfg / sleep_cfg (window={sleep_cfg.window}, "
                       f"eviction={sleep_cfg.eviction!r}, layer_pattern={model_cfg.layer_pattern!r}, "
                       f"dtype={model_cfg.dtype}) at batch {batch_size}")
 
 
 def _concrete_position(state):
-    return None if isinstance(state.position, jax.core.Tracer) else int(state.position)
+    # np.asarray first: int() of a jax Array takes a slower path (6 us vs 1 us on CPU)
+    return None if isinstance(state.position, jax.core.Tracer) else int(np.asarray(state.position))
 
 
 def _check_open_window(state, sleep_cfg, call):
@@ -312,7 +313,7 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
     _check_state(state, model_cfg, sleep_cfg)
     _check_tokens(tokens, state, model_cfg)
     _check_open_window(state, sleep_cfg, "prefill")
-    window, position = sleep_cfg.window, int(state.position)
+    window, position = sleep_cfg.window, _concrete_position(state)
     tokens = jnp.asarray(tokens)
     total = tokens.shape[1]
     head = min(total, (window - position) % window)               # finish the open window
