@@ -31,6 +31,7 @@ functions behind them do not.
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import NamedTuple
 
 import flax.struct
@@ -44,8 +45,8 @@ from sleepjax.models.blocks import attn_layer_names, gdn_layer_names, zero_fast_
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.models.gated_deltanet import GDNCache, zero_conv_history
 from sleepjax.models.layers import compute_dtype
-from sleepjax.models.validation import (check_configs, check_token_ids, check_tree_shapes,
-                                        tree_layout, validate_tokens)
+from sleepjax.models.validation import (check_configs, check_open_window, check_stream_token,
+                                        check_stream_tokens, check_tree_shapes, tree_layout)
 
 _STATIC = ("model_cfg", "sleep_cfg")
 
@@ -83,7 +84,7 @@ def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: must be a positive int, got {batch_size!r}")
     window = sleep_cfg.window
-    return StreamState(
+    return _issue(model_cfg, sleep_cfg, 0, StreamState(
         fast_weights=zero_fast_weights(model_cfg, batch_size),
         conv_cache={name: zero_conv_history(model_cfg, batch_size)
                     for name in gdn_layer_names(model_cfg)},
@@ -93,7 +94,7 @@ def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
         has_prev=jnp.asarray(False),
         loop_input=jnp.zeros((batch_size, window, model_cfg.d_model), compute_dtype(model_cfg)),
         position=jnp.asarray(0, jnp.int32),
-    )
+    ))
 
 
 # ----------------------------------------------------------------------------- pure cores
@@ -209,44 +210,42 @@ def _check_state(state, model_cfg, sleep_cfg):
                       f"dtype={model_cfg.dtype}) at batch {batch_size}")
 
 
+# A state returned by this module's public calls fits their configs by construction, and its
+# position is known on the host. Remembering both per live state object lets the next call skip
+# the layout check and read no device value, so a wake step's host cost stays flat (a few us).
+# StreamState is immutable (``replace`` makes a new, unremembered object that is checked).
+_issued: dict[int, tuple] = {}
+
+
+def _issue(model_cfg, sleep_cfg, position, state):
+    """Remember ``state`` as fitting the configs at window ``position`` (None: not concrete)."""
+    if position is not None:
+        key = id(state)
+        forget = lambda _, key=key: _issued.pop(key, None)   # noqa: E731 (runs when state dies)
+        _issued[key] = (weakref.ref(state, forget), model_cfg, sleep_cfg, position)
+    return state
+
+
+def _checked_position(state, model_cfg, sleep_cfg):
+    """Check ``state`` against the configs; returns its position (None when traced)."""
+    entry = _issued.get(id(state))
+    if entry is not None and entry[0]() is state and entry[1] == model_cfg and entry[2] == sleep_cfg:
+        return entry[3]
+    _check_state(state, model_cfg, sleep_cfg)
+    return _concrete_position(state)
+
+
 def _concrete_position(state):
     # np.asarray first: int() of a jax Array takes a slower path (6 us vs 1 us on CPU)
     return None if isinstance(state.position, jax.core.Tracer) else int(np.asarray(state.position))
 
 
-def _check_open_window(state, sleep_cfg, call):
-    """A wake step needs room in the window: ``0 <= position < L``."""
-    position = _concrete_position(state)
+def _advanced(position, tokens, sleep_cfg):
+    """The position after ``tokens`` more wake steps (sleeping when a window fills if
+    ``sleep_cfg`` is given; None stays None)."""
     if position is None:
-        return
-    if position == sleep_cfg.window:
-        raise ValueError(f"state.position: the window is full (position {position} == window "
-                         f"{sleep_cfg.window}); call inference.sleep before {call} (step, feed "
-                         f"and prefill sleep by themselves when a window fills)")
-    if not 0 <= position < sleep_cfg.window:
-        raise ValueError(f"state.position: must be in [0, window = {sleep_cfg.window}) for "
-                         f"{call}, got {position}")
-
-
-def _check_token(token, state, model_cfg):
-    """``token [B]`` of integer ids in the vocabulary, B the state's batch."""
-    batch = state.loop_input.shape[0]
-    shape = tuple(getattr(token, "shape", ()))
-    if shape != (batch,):
-        raise ValueError(f"token: must have shape [batch={batch}] (one id per stream of the state), "
-                         f"got shape {shape}")
-    if not np.issubdtype(np.dtype(token.dtype), np.integer):
-        raise ValueError(f"token: must be integer ids, got dtype {token.dtype}")
-    check_token_ids("token", token, model_cfg.vocab_size)
-
-
-def _check_tokens(tokens, state, model_cfg):
-    """``tokens [B, T>=1]`` of integer ids in the vocabulary, B the state's batch."""
-    batch = state.loop_input.shape[0]
-    shape = tuple(getattr(tokens, "shape", ()))
-    if len(shape) != 2 or shape[0] != batch or shape[1] < 1:
-        raise ValueError(f"tokens: must have shape [batch={batch}, T>=1], got {shape}")
-    validate_tokens(tokens, model_cfg.vocab_size)
+        return None
+    return position + tokens if sleep_cfg is None else (position + tokens) % sleep_cfg.window
 
 
 # ----------------------------------------------------------------------------- public API
@@ -257,10 +256,11 @@ def wake_step(params, state: StreamState, token, *, model_cfg: ModelConfig, slee
     Requires ``state.position < L`` (a window that is not full); :func:`step` guarantees it by
     sleeping as soon as a window fills. Jit-compiled (configs are static).
     """
-    _check_state(state, model_cfg, sleep_cfg)
-    _check_token(token, state, model_cfg)
-    _check_open_window(state, sleep_cfg, "wake_step")
-    return _wake_step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    position = _checked_position(state, model_cfg, sleep_cfg)
+    check_stream_token(token, state.loop_input.shape[0], model_cfg.vocab_size)
+    check_open_window(position, sleep_cfg.window, "wake_step")
+    logits, state = _wake_step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    return logits, _issue(model_cfg, sleep_cfg, _advanced(position, 1, None), state)
 
 
 def sleep(params, state: StreamState, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig) -> StreamState:
@@ -268,12 +268,12 @@ def sleep(params, state: StreamState, *, model_cfg: ModelConfig, sleep_cfg: Slee
 
     Requires a full window (``state.position == L``); with N = 1 only the eviction happens.
     """
-    _check_state(state, model_cfg, sleep_cfg)
-    position = _concrete_position(state)
+    position = _checked_position(state, model_cfg, sleep_cfg)
     if position is not None and position != sleep_cfg.window:
         raise ValueError(f"state.position: sleep needs a full window (position == window = "
                          f"{sleep_cfg.window}), got position {position}")
-    return _sleep_jit(params, state, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    state = _sleep_jit(params, state, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    return _issue(model_cfg, sleep_cfg, None if position is None else 0, state)
 
 
 def step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -281,10 +281,11 @@ def step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg
 
     Returns ``(logits [B, vocab], state, slept)`` where ``slept`` is a bool scalar.
     """
-    _check_state(state, model_cfg, sleep_cfg)
-    _check_token(token, state, model_cfg)
-    _check_open_window(state, sleep_cfg, "step")
-    return _step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    position = _checked_position(state, model_cfg, sleep_cfg)
+    check_stream_token(token, state.loop_input.shape[0], model_cfg.vocab_size)
+    check_open_window(position, sleep_cfg.window, "step")
+    logits, state, slept = _step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    return logits, _issue(model_cfg, sleep_cfg, _advanced(position, 1, sleep_cfg), state), slept
 
 
 def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -293,10 +294,13 @@ def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cf
     Returns ``(logits [B, T, vocab], state, slept [T] bool)``; ``slept[i]`` is True when a sleep
     fired right after token ``i``.
     """
-    _check_state(state, model_cfg, sleep_cfg)
-    _check_tokens(tokens, state, model_cfg)
-    _check_open_window(state, sleep_cfg, "feed")
-    return _feed_jit(params, state, jnp.asarray(tokens), model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    position = _checked_position(state, model_cfg, sleep_cfg)
+    check_stream_tokens(tokens, state.loop_input.shape[0], model_cfg.vocab_size)
+    check_open_window(position, sleep_cfg.window, "feed")
+    logits, state, slept = _feed_jit(params, state, jnp.asarray(tokens), model_cfg=model_cfg,
+                                     sleep_cfg=sleep_cfg)
+    position = _advanced(position, tokens.shape[1], sleep_cfg)
+    return logits, _issue(model_cfg, sleep_cfg, position, state), slept
 
 
 def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -310,10 +314,10 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
     """
     if isinstance(getattr(state, "position", None), jax.core.Tracer):
         raise ValueError("state.position: prefill needs a concrete position (call it outside jit)")
-    _check_state(state, model_cfg, sleep_cfg)
-    _check_tokens(tokens, state, model_cfg)
-    _check_open_window(state, sleep_cfg, "prefill")
-    window, position = sleep_cfg.window, _concrete_position(state)
+    position = _checked_position(state, model_cfg, sleep_cfg)
+    check_stream_tokens(tokens, state.loop_input.shape[0], model_cfg.vocab_size)
+    check_open_window(position, sleep_cfg.window, "prefill")
+    window = sleep_cfg.window
     tokens = jnp.asarray(tokens)
     total = tokens.shape[1]
     head = min(total, (window - position) % window)               # finish the open window
@@ -332,6 +336,7 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
                                       sleep_cfg=sleep_cfg)
         pieces.append((out, np.asarray(slept)))
     logits, slept = zip(*pieces)
+    state = _issue(model_cfg, sleep_cfg, _advanced(position, total, sleep_cfg), state)
     return jnp.concatenate(logits, axis=1), state, jnp.asarray(np.concatenate(slept))
 
 
@@ -361,10 +366,12 @@ def generate(params, prompt, max_new_tokens: int, *, model_cfg: ModelConfig, sle
         state = init_state(model_cfg, sleep_cfg, prompt.shape[0] if prompt.ndim == 2 else 1)
     logits, state, slept_prompt = prefill(params, state, prompt, model_cfg=model_cfg,
                                           sleep_cfg=sleep_cfg)
+    position = _checked_position(state, model_cfg, sleep_cfg)     # known: prefill returned it
     rng = jax.random.PRNGKey(0) if rng is None else rng
     new_tokens, state, slept_new, _ = _generate_loop_jit(
         params, state, logits[:, -1], rng, model_cfg=model_cfg, sleep_cfg=sleep_cfg,
         max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+    state = _issue(model_cfg, sleep_cfg, _advanced(position, max_new_tokens, sleep_cfg), state)
     slept = np.concatenate([np.asarray(slept_prompt), np.asarray(slept_new)])
     return GenerateResult(tokens=jnp.concatenate([prompt.astype(jnp.int32), new_tokens], axis=1),
                           sleep_positions=[int(i) for i in np.flatnonzero(slept)], state=state)

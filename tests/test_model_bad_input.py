@@ -182,3 +182,29 @@ def test_a_state_mixing_batch_sizes_names_the_leaf():
     with pytest.raises(ValueError, match="state: must be a StreamState"):
         inference.step(params, {"position": 0}, jnp.zeros((BATCH,), jnp.int32),
                        model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+
+
+def test_the_position_known_on_the_host_follows_every_call():
+    # the public calls remember each state they return (with its position) to skip re-checking
+    # it; that record must agree with the device value after every kind of call
+    params, model_cfg, sleep_cfg, state = _streaming(passes=2)
+    kw = dict(model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    token = jnp.ones((BATCH,), jnp.int32)
+    calls = [lambda s: inference.wake_step(params, s, token, **kw)[1],
+             lambda s: inference.step(params, s, token, **kw)[1],
+             lambda s: inference.feed(params, s, tokens(3), **kw)[1],
+             lambda s: inference.prefill(params, s, tokens(6), **kw)[1],
+             lambda s: inference.generate(params, tokens(3), 2, state=s, **kw).state]
+    for call in calls + calls[::-1]:
+        state = call(state)
+        assert inference._checked_position(state, model_cfg, sleep_cfg) == int(state.position)
+    while int(state.position) < WINDOW:
+        state = inference.wake_step(params, state, token, **kw)[1]
+    with pytest.raises(ValueError, match="state.position: the window is full"):
+        inference.step(params, state, token, **kw)
+    state = inference.sleep(params, state, **kw)
+    assert inference._checked_position(state, model_cfg, sleep_cfg) == int(state.position) == 0
+    # a returned state is still checked against other configs
+    with pytest.raises(ValueError, match=r"state: built for window L=4 .* sleep_cfg.window = 8"):
+        inference.wake_step(params, state, token, model_cfg=model_cfg,
+                            sleep_cfg=sleep_config(passes=2, window=2 * WINDOW))

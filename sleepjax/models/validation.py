@@ -111,3 +111,37 @@ def check_configs(model_cfg: ModelConfig, sleep_cfg: SleepConfig):
             f"sleep.loop_range: blocks {start}..{end - 1} ({model_cfg.layer_pattern[start:end]!r}) "
             f"contain no 'G' block, so sleep passes could not change the fast weights "
             f"(got loop_range={sleep_cfg.loop_range!r}, passes={sleep_cfg.passes})")
+
+
+# ----------------------------------------------------------------------------- streaming calls
+
+def check_stream_token(token, batch: int, vocab_size: int):
+    """``token [batch]``: one integer id per stream, in the vocabulary when concrete."""
+    shape = tuple(getattr(token, "shape", ()))
+    if shape != (batch,):
+        raise ValueError(f"token: must have shape [batch={batch}] (one id per stream of the state), "
+                         f"got shape {shape}")
+    if not np.issubdtype(np.dtype(token.dtype), np.integer):
+        raise ValueError(f"token: must be integer ids, got dtype {token.dtype}")
+    check_token_ids("token", token, vocab_size)
+
+
+def check_stream_tokens(tokens, batch: int, vocab_size: int):
+    """``tokens [batch, T>=1]`` of integer ids, in the vocabulary when concrete."""
+    shape = tuple(getattr(tokens, "shape", ()))
+    if len(shape) != 2 or shape[0] != batch or shape[1] < 1:
+        raise ValueError(f"tokens: must have shape [batch={batch}, T>=1], got {shape}")
+    validate_tokens(tokens, vocab_size)
+
+
+def check_open_window(position, window: int, call: str):
+    """A wake step needs room in the window: ``0 <= position < window`` (None: traced, unchecked)."""
+    if position is None:
+        return
+    if position == window:
+        raise ValueError(f"state.position: the window is full (position {position} == window "
+                         f"{window}); call inference.sleep before {call} (step, feed and prefill "
+                         f"sleep by themselves when a window fills)")
+    if not 0 <= position < window:
+        raise ValueError(f"state.position: must be in [0, window = {window}) for {call}, "
+                         f"got {position}")
