@@ -153,10 +153,13 @@ def _every_call(params, state, model_cfg, sleep_cfg):
 @pytest.mark.parametrize("built_for,match", [
     (dict(window=2 * WINDOW), r"state: built for window L=8 \(loop_input \(2, 8, 32\)\), but "
                               r"sleep_cfg.window = 4"),
-    (dict(eviction="sliding"), r"state: its entries do not match .*unexpected \[\"state\.prev_kv\['blocks_0'\]\[0\]"),
-    (dict(model=dict(layer_pattern="AGG")), r"state: its entries do not match .*missing \[\"state\.conv_cache\['blocks_3'\]"),
-    (dict(model=dict(dtype="bfloat16")), r"state\.conv_cache\['blocks_1'\]\['k'\]: shape \(2, 2, 16\) "
-                                         r"bfloat16, but model_cfg / sleep_cfg .* needs \(2, 2, 16\) float32"),
+    (dict(eviction="sliding"),
+     r"state: its entries do not match .*unexpected \[\"state\.prev_kv\['blocks_0'\]\[0\]"),
+    (dict(model=dict(layer_pattern="AGG")),
+     r"state: its entries do not match .*missing \[\"state\.conv_cache\['blocks_3'\]"),
+    (dict(model=dict(dtype="bfloat16")),
+     r"state\.conv_cache\['blocks_1'\]\['k'\]: shape \(2, 2, 16\) bfloat16, but model_cfg / "
+     r"sleep_cfg .* needs \(2, 2, 16\) float32"),
 ])
 def test_a_state_built_for_other_configs_is_refused_by_every_call(built_for, match):
     params, model_cfg, sleep_cfg, _ = _streaming()
