@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sleepjax import data
-from sleepjax.models import sleep_lm
+from sleepjax.models import blocks, sleep_lm
 from sleepjax.training.config import validate_config
 from sleepjax.training.train_step import answer_loss
 
@@ -40,20 +40,27 @@ def unrolled_loss(params, probes, batch, model_cfg, sleep_cfg):
     bsz, seq = tokens.shape
     window, passes, depth = sleep_cfg.window, sleep_cfg.passes, model_cfg.num_layers
     n_sleeping = (seq - 1) // window
-    fast = sleep_lm.zero_fast_weights(model_cfg, bsz)
+    names = blocks.gdn_layer_names(model_cfg)
+    fast = blocks.zero_fast_weights(model_cfg, bsz)
     stats = []
+
+    def one_pass(h, fast):
+        h, caches = blocks.run_blocks(params, h, blocks.fast_weight_caches(fast), range(depth), 0,
+                                      model_cfg)
+        return h, blocks.fast_weights_of(caches, names)
+
     for w in range(n_sleeping):
-        h = sleep_lm.embed(params, tokens[:, w * window:(w + 1) * window], model_cfg)
+        h = blocks.embed(params, tokens[:, w * window:(w + 1) * window], model_cfg)
         for p in range(passes):
-            h, fast, _ = sleep_lm.run_blocks(params, h, fast, range(depth), model_cfg)
+            h, fast = one_pass(h, fast)
             fast = {k: v + probes[w][p][k] for k, v in fast.items()}
             stats.append({"window": w, "pass": p + 1,
                           "h_rms": jnp.sqrt(jnp.mean(jnp.square(h.astype(jnp.float32)))),
                           "fast_norm": sum(jnp.sqrt(jnp.sum(jnp.square(v))) / bsz
                                            for v in fast.values())})
-    h = sleep_lm.embed(params, tokens[:, n_sleeping * window:], model_cfg)
-    h, fast, _ = sleep_lm.run_blocks(params, h, fast, range(depth), model_cfg)
-    logits = sleep_lm.output_logits(params, h, model_cfg)
+    h = blocks.embed(params, tokens[:, n_sleeping * window:], model_cfg)
+    h, fast = one_pass(h, fast)
+    logits = blocks.output_logits(params, h, model_cfg)
     start = n_sleeping * window
     loss, _ = answer_loss(logits, batch["targets"][:, start:], batch["loss_mask"][:, start:])
     return loss, stats
@@ -73,7 +80,7 @@ def diagnose(cfg, run_dir: str | None, batch_size: int) -> list[dict]:
     batch = {k: jnp.asarray(np.stack([r[k] for r in records]))
              for k in ("inputs", "targets", "loss_mask")}
     n_sleeping = (rc.seq_len - 1) // rc.sleep.window
-    zeros = sleep_lm.zero_fast_weights(rc.model, batch_size)
+    zeros = blocks.zero_fast_weights(rc.model, batch_size)
     probes = [[jax.tree.map(jnp.zeros_like, zeros) for _ in range(rc.sleep.passes)]
               for _ in range(n_sleeping)]
     (loss, stats), grads = jax.value_and_grad(unrolled_loss, argnums=1, has_aux=True)(
