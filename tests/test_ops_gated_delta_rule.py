@@ -17,7 +17,7 @@ import pytest
 
 from conftest_ops import compare_to_recurrent, make_inputs, rel_rms
 from sleepjax.ops import gated_delta_rule
-from sleepjax.ops.gdr_chunked import unit_lower_inverse
+from pallas_kernels.gated_delta_rule.chunk_math import unit_lower_inverse
 
 # (T, K, V, chunk_size)
 GRID_CASES = [
