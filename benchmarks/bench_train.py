@@ -7,8 +7,9 @@ For the Rule 110 ``tiny`` model (d=64, "AG") and the ``paper`` model (d=256, "AG
 * model FLOPs per token: from XLA's cost analysis of the compiled step (XLA:CPU counts the
   body of a ``while`` loop once, not times its trip count, so under the window and sleep
   scans it is a lower bound), and from an analytic count (below);
-* FLOP utilisation: analytic training FLOPs per second over the machine's measured peak, a
-  large float32 matmul (``--peak-dim``) timed in the same run, alternated with the steps;
+* FLOP utilisation: analytic training FLOPs per second over the machine's measured peak: the
+  best throughput of float32 square matmuls (``--peak-dims``) timed in the same run,
+  alternated with the steps (on a shared machine the largest is not always the fastest);
 * the throughput of a float32 matmul at the model's own shape (``[B*L, d] x [d, d]``: one
   window's tokens through one projection), the best a layer of the step could reach.
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import platform
 import statistics
@@ -65,7 +65,7 @@ def analytic_flops(rc, params, batch):
     seq, window = rc.seq_len, sleep.window
     start, end = sleep.resolved_loop_range(model.num_layers)
     sleeping_windows = (seq - 1) // window
-    per_block, recurrence = [], []
+    per_block = []
     for i, kind in enumerate(model.layer_pattern):
         weights = [x for x in jax.tree.leaves(params[f"blocks_{i}"]) if x.ndim >= 2]
         flops = 2 * sum(int(np.prod(x.shape)) for x in weights)
@@ -75,7 +75,6 @@ def analytic_flops(rc, params, batch):
             dv = model.gdn_head_dim * model.gdn_expand_v
             flops += 6 * model.gdn_heads * model.gdn_head_dim * dv
         per_block.append(flops)
-        recurrence.append(kind)
     wake = sum(per_block)
     sleep_pass = sum(per_block[start:end])
     head = 2 * model.d_model * model.vocab_size
@@ -133,7 +132,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny model only, 3 rounds")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--peak-dim", type=int, default=2048, help="square matmul that measures the peak")
+    parser.add_argument("--peak-dims", type=int, nargs="*", default=[512, 1024, 2048],
+                        help="square matmuls whose best throughput is the peak")
     parser.add_argument("--gdn-impl", default=None, help="override the configs' gdn_impl")
     args = parser.parse_args(argv)
     variants = ("tiny",) if args.quick else ("tiny", "paper")
@@ -147,8 +147,9 @@ def main(argv=None):
         for passes in (1, 4):
             cases[f"{variant} N={passes}"] = build_case(variant, passes, args.batch, args.gdn_impl)
     runners = {name: case["run"] for name, case in cases.items()}
-    peak_run, peak_flops = matmul_runner(args.peak_dim, args.peak_dim, args.peak_dim)
-    runners["peak matmul"] = peak_run
+    peak_flops = {}
+    for dim in args.peak_dims:
+        runners[f"peak matmul {dim}"], peak_flops[dim] = matmul_runner(dim, dim, dim)
     shape_flops = {}
     for variant in variants:
         rc = next(case["rc"] for name, case in cases.items() if name.startswith(variant))
@@ -164,15 +165,17 @@ def main(argv=None):
             run()
             times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    peak = peak_flops / med["peak matmul"]
-    print(f"# peak: float32 {args.peak_dim}^3 matmul {peak / 1e9:.1f} GFLOP/s (median of {repeats}, "
-          f"alternated with the steps); batch {args.batch}")
+    rates = {dim: flops / med[f"peak matmul {dim}"] for dim, flops in peak_flops.items()}
+    peak = max(rates.values())
+    print(f"# peak: best float32 square matmul {peak / 1e9:.1f} GFLOP/s ("
+          + ", ".join(f"{dim}^3: {rate / 1e9:.1f}" for dim, rate in rates.items())
+          + f"; medians of {repeats}, alternated with the steps); batch {args.batch}")
     for variant in variants:
         print(f"# {variant}: one-layer matmul at the model's shape [{args.batch}*L, d] x [d, d]: "
               f"{shape_flops[variant] / med[f'{variant} layer matmul'] / 1e9:.1f} GFLOP/s "
               f"({shape_flops[variant] / med[f'{variant} layer matmul'] / peak:.0%} of peak)")
-    print(f"\n| case | d | step ms | tokens/s | FLOPs/token (XLA cost analysis) | FLOPs/token (analytic) "
-          f"| GFLOP/s | utilisation of peak | head FLOPs/token on no-loss positions (fwd) |")
+    print("\n| case | d | step ms | tokens/s | FLOPs/token (XLA cost analysis) | FLOPs/token (analytic) "
+          "| GFLOP/s | utilisation of peak | head FLOPs/token on no-loss positions (fwd) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, case in cases.items():
         step_s = med[name]
