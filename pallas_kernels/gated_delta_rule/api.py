@@ -17,7 +17,6 @@ Layout (flash-linear-attention's): q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.gated_delta_rule import pallas, reference, xla
