@@ -1,2 +1,2 @@
-"""Pallas kernels of sleepjax (Levanter-style layout: one folder per op with
-``api`` / ``reference`` / ``pallas_tpu`` / ``pallas_gpu`` modules)."""
+"""Kernels, Levanter-style: one self-contained folder per op (``api`` dispatcher,
+``reference``, ``xla``, ``pallas_tpu``, ``pallas_gpu``). Nothing here imports sleepjax."""

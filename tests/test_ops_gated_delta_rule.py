@@ -5,7 +5,9 @@ on CPU): every value of T in {1, 63, 64, 100, 257}, K and V in {16, 32, 64} and 
 size in {16, 32, 64} appears in `GRID_CASES`, in mixed combinations (K != V, T not a
 multiple of the chunk, T < chunk, T = 1 decode), each in float32, and a subset again with
 bfloat16 q/k/v/beta. Every case checks o, the final state and the gradients of all six
-inputs (one jit per case). The Pallas kernels have their own file (test_ops_pallas.py).
+inputs (one jit per case) of the default "chunked" form (the XLA form with its hand-written
+backward); its groups of chunks, its forward-only dispatch and the autodiff reference form
+have their own tests. The Pallas kernels have their own file (test_ops_pallas.py).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest_ops import compare_to_recurrent, make_inputs, rel_rms
+from conftest_ops import ARG_NAMES, compare_to_recurrent, cotangents, make_inputs, rel_rms
+from pallas_kernels.gated_delta_rule import xla
+from pallas_kernels.gated_delta_rule.chunk_math import unit_lower_inverse
 from sleepjax.ops import gated_delta_rule
-from sleepjax.ops.gdr_chunked import unit_lower_inverse
 
 # (T, K, V, chunk_size)
 GRID_CASES = [
@@ -45,6 +48,49 @@ def test_chunked_matches_recurrent_f32(seq, dk, dv, chunk):
 def test_chunked_matches_recurrent_bf16(seq, dk, dv, chunk):
     args = make_inputs(seq + dk + 1, 2, seq, 4, dk, dv, dtype=jnp.bfloat16)
     compare_to_recurrent("chunked", args, chunk, tol_out=BF16_TOL_OUT, tol_grad=BF16_TOL_GRAD)
+
+
+def test_chunked_reference_matches_recurrent():
+    """The autodiff form (remat scan) stays selectable and exact."""
+    args = make_inputs(9, 1, 100, 4, 32, 16)
+    compare_to_recurrent("chunked_reference", args, 16, tol_out=F32_TOL_OUT, tol_grad=F32_TOL_GRAD)
+
+
+def test_xla_groups_of_chunks_with_padding():
+    """Several groups of chunks (17 chunks in groups of 3: the last group padded with no-op
+    chunks): outputs, final state and all six gradients match the recurrent reference."""
+    args = make_inputs(10, 1, 257, 2, 16, 16)
+    d_o, d_state = cotangents(10, (1, 257, 2, 16), (1, 2, 16, 16))
+
+    def run(fn):
+        def go(a, d_o, d_state):
+            (o, s), pullback = jax.vjp(lambda *x: fn(*x[:5], initial_state=x[5], scale=0.25), *a)
+            return o, s, pullback((d_o, d_state))
+        return jax.jit(go)(args, d_o, d_state)
+
+    o, s, grads = run(lambda *a, **kw: xla.gated_delta_rule_xla(*a, chunk_size=16, chunks_per_group=3, **kw))
+    o_ref, s_ref, grads_ref = run(lambda *a, **kw: gated_delta_rule(*a, impl="recurrent", **kw))
+    assert rel_rms(o, o_ref) < F32_TOL_OUT and rel_rms(s, s_ref) < F32_TOL_OUT
+    errors = {name: rel_rms(x, y) for name, x, y in zip(ARG_NAMES, grads, grads_ref)}
+    assert all(err < F32_TOL_GRAD for err in errors.values()), errors
+
+
+def test_xla_forward_forms_agree():
+    """Undifferentiated calls may run either form (``primal_form``); both give the same values,
+    and a bad ``forward`` is rejected."""
+    q, k, v, g, beta, h0 = make_inputs(11, 1, 100, 2, 16, 32)
+    run = jax.jit(lambda *a, forward: xla.gated_delta_rule_xla(
+        *a[:5], initial_state=a[5], scale=0.25, chunk_size=16, chunks_per_group=2, forward=forward),
+        static_argnames="forward")
+    o_chunked, s_chunked = run(q, k, v, g, beta, h0, forward="chunked")
+    for form in ("recurrent", "auto"):
+        o, s = run(q, k, v, g, beta, h0, forward=form)
+        assert rel_rms(o, o_chunked) < F32_TOL_OUT and rel_rms(s, s_chunked) < F32_TOL_OUT, form
+    assert xla.primal_form("auto", 1024, "cpu") == "recurrent"
+    assert xla.primal_form("auto", 1024, "gpu") == "chunked"
+    assert xla.primal_form("chunked", 16, "cpu") == "chunked"
+    with pytest.raises(ValueError, match="`forward` must be one of"):
+        xla.gated_delta_rule_xla(q, k, v, g, beta, scale=0.25, forward="fast")
 
 
 @pytest.mark.parametrize("impl", ["recurrent", "chunked"])

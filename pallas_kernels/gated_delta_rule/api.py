@@ -1,227 +1,112 @@
-"""Public entry of the Pallas gated delta rule: backend choice, layout/padding, the
-``custom_vjp`` and the ``shard_map`` wrapping for multi-device inputs.
+"""The gated delta rule's one dispatcher over its implementations (the fast-weight update
+of a Gated DeltaNet layer).
 
-Forward: a Pallas kernel (``pallas_tpu`` on TPU, ``pallas_gpu`` (Triton) on GPU; on CPU
-the TPU kernel runs with ``interpret=True`` so CI exercises it). Backward: exact, by
-``jax.vjp`` of the pure-JAX chunked form (``reference.gated_delta_rule_chunked``), which
-recomputes the chunk factors instead of storing them; it gives the gradients of every
-input including ``initial_state``.
+Convention ("decay, then delta", as in flash-linear-attention; fla issue #885):
+
+    S_t = exp(g_t) S_{t-1} + beta_t k_t (v_t - exp(g_t) S_{t-1}^T k_t)^T        S_t: [K, V]
+    o_t = scale * S_t^T q_t
+
+Equivalently S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T with a_t = exp(g_t).
+The state and all decay arithmetic are float32 whatever the input dtype; the output
+takes the dtype of ``v``.
+
+Layout (flash-linear-attention's): q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g and beta
+``[B, T, H]``, state ``[B, H, K, V]``.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
-
 import jax
-import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
 
-from pallas_kernels.gated_delta_rule import pallas_gpu, pallas_tpu, reference
+from pallas_kernels.gated_delta_rule import pallas, reference, xla
 
-BACKENDS = ("tpu", "gpu")
-_MIN_TILE = 16   # Triton dot needs every dim >= 16; also a multiple of TPU's 8 sublanes
-
-
-class KernelConfig(NamedTuple):
-    scale: float
-    chunk_size: int      # the caller's chunk size (used by the recomputing backward)
-    backend: str         # "tpu" | "gpu": which kernel
-    interpret: object    # bool, or pltpu.InterpretParams for the TPU kernel
+# "chunked": the XLA chunked form with its hand-written backward (the default);
+# "chunked_reference": the same forward differentiated by autodiff through a remat scan.
+IMPLS = ("recurrent", "chunked", "chunked_reference", "pallas")
 
 
-def _next_pow2(n):
-    return 1 << max(0, (int(n) - 1).bit_length())
+def _shape_error(name: str, msg: str, **shapes) -> ValueError:
+    seen = ", ".join(f"{k}={tuple(v)}" for k, v in shapes.items())
+    return ValueError(f"gated_delta_rule: `{name}` {msg} (shapes seen: {seen})")
 
 
-def _round_up(n, m):
-    return -(-int(n) // m) * m
-
-
-def kernel_geometry(backend, chunk_size, dk, dv):
-    """(chunk, K_pad, V_pad) the kernels run at: power-of-two chunk >= 16; features padded
-    to 128 lanes on TPU and to powers of two >= 16 on GPU. Padding never changes results."""
-    chunk = max(_MIN_TILE, _next_pow2(chunk_size))
-    if backend == "tpu":
-        return chunk, _round_up(dk, pallas_tpu.FEATURE_MULTIPLE), _round_up(dv, pallas_tpu.FEATURE_MULTIPLE)
-    return chunk, max(_MIN_TILE, _next_pow2(dk)), max(_MIN_TILE, _next_pow2(dv))
-
-
-def _platform(arrays):
-    """Platform of the inputs' devices when they are concrete, else the default backend."""
-    for x in arrays:
-        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
-            try:
-                return next(iter(x.devices())).platform
-            except (AttributeError, RuntimeError, StopIteration):
-                break
-    return jax.default_backend()
-
-
-def select_backend(arrays, backend=None, interpret=None):
-    """Kernel flavour and interpret flag: TPU -> Mosaic kernel, GPU -> Triton kernel,
-    CPU -> interpret mode (TPU kernel unless ``backend`` names another)."""
-    platform = _platform(arrays)
-    if backend is None:
-        backend = "gpu" if platform in ("gpu", "cuda", "rocm") else "tpu"
-    if backend not in BACKENDS:
-        raise ValueError(f"gated_delta_rule_pallas: `backend` must be one of {BACKENDS} or None, got {backend!r}")
-    native = {"tpu": ("tpu",), "gpu": ("gpu", "cuda", "rocm")}[backend]
-    if interpret is None:
-        interpret = platform not in native
-    # interpret=False off the kernel's hardware is allowed: it is how one lowers/exports
-    # for TPU or GPU from a CPU host (``jax.export``); running it there would fail.
-    # A ``pltpu.InterpretParams`` (TPU interpret mode) is passed through unchanged.
-    return backend, (bool(interpret) if isinstance(interpret, (bool, int)) else interpret)
-
-
-def _to_kernel_layout(x, total, width):
-    """[B, T, H, D] float -> [B, H, Tp, Dp] float32, zero padded (zeros are no-op steps)."""
-    x = jnp.moveaxis(x.astype(jnp.float32), 2, 1)
-    pads = [(0, 0), (0, 0), (0, total - x.shape[2]), (0, width - x.shape[3])]
-    return jnp.pad(x, pads)
-
-
-def _forward(cfg: KernelConfig, q, k, v, g, beta, h0):
+def validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size):
+    """Raise ValueError naming the offending argument; returns (B, T, H, K, V)."""
+    if impl not in IMPLS:
+        raise ValueError(f"gated_delta_rule: `impl` must be one of {IMPLS}, got {impl!r}")
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"gated_delta_rule: `chunk_size` must be a positive int, got {chunk_size!r}")
+    shapes = dict(q=q.shape, k=k.shape, v=v.shape, g=g.shape, beta=beta.shape)
+    for name, arr, rank in (("q", q, 4), ("k", k, 4), ("v", v, 4), ("g", g, 3), ("beta", beta, 3)):
+        if arr.ndim != rank:
+            raise _shape_error(name, f"must have rank {rank}, got rank {arr.ndim}", **shapes)
+    if k.shape != q.shape:
+        raise _shape_error("k", "must have the same shape as q [B, T, H, K]", **shapes)
     bsz, seq, heads, dk = q.shape
-    dv = v.shape[-1]
-    chunk, kp, vp = kernel_geometry(cfg.backend, cfg.chunk_size, dk, dv)
-    total = max(1, -(-seq // chunk)) * chunk
-    qk_ = [_to_kernel_layout(x, total, kp) for x in (q, k)]
-    v_ = _to_kernel_layout(v, total, vp)
-    g_ = _to_kernel_layout(g[..., None], total, 1)
-    beta_ = _to_kernel_layout(beta[..., None], total, 1)
-    # Chunk-local cumulative log-decay, float32, computed once outside the kernel.
-    g_cum = jnp.cumsum(g_.reshape(bsz, heads, total // chunk, chunk), axis=-1).reshape(g_.shape)
-    h0_ = jnp.pad(h0.astype(jnp.float32), [(0, 0), (0, 0), (0, kp - dk), (0, vp - dv)])
-    kernel = pallas_tpu.forward if cfg.backend == "tpu" else pallas_gpu.forward
-    o, final = kernel(*qk_, v_, g_cum, beta_, h0_, scale=cfg.scale, chunk=chunk, interpret=cfg.interpret)
-    o = jnp.moveaxis(o[:, :, :seq, :dv], 1, 2).astype(v.dtype)
-    return o, final[:, :, :dk, :dv]
+    if v.shape[:3] != (bsz, seq, heads):
+        raise _shape_error("v", "must be [B, T, H, V] with B, T, H matching q", **shapes)
+    dv = v.shape[3]
+    if g.shape != (bsz, seq, heads):
+        raise _shape_error("g", "must be [B, T, H] matching q", **shapes)
+    if beta.shape != (bsz, seq, heads):
+        raise _shape_error("beta", "must be [B, T, H] matching q", **shapes)
+    if initial_state is not None and tuple(initial_state.shape) != (bsz, heads, dk, dv):
+        raise _shape_error(
+            "initial_state", f"must be [B, H, K, V] = {(bsz, heads, dk, dv)}",
+            initial_state=initial_state.shape, **shapes)
+    # Positive log-decays would make the state grow without bound. Only concrete
+    # values can be checked (and only host-readable ones: not under jit, not an array
+    # spread over other processes); elsewhere the caller's parameterisation guarantees it.
+    readable = not isinstance(g, jax.core.Tracer) and (
+        not isinstance(g, jax.Array) or g.is_fully_addressable)
+    if readable:
+        g_max = float(np.max(np.asarray(g))) if g.size else 0.0
+        if g_max > 0.0:
+            raise ValueError(
+                f"gated_delta_rule: `g` is the log of a decay and must be <= 0, got max {g_max:.4g} "
+                f"(shape {tuple(g.shape)})")
+    return bsz, seq, heads, dk, dv
 
 
-def _chunked(cfg: KernelConfig, q, k, v, g, beta, h0):
-    return reference.gated_delta_rule_chunked(
-        q, k, v, g, beta, initial_state=h0, scale=cfg.scale, chunk_size=cfg.chunk_size)
+def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, scale=None, chunk_size=64,
+                     impl="chunked", mesh_axes=None):
+    """Gated delta rule over a sequence; returns ``(o [B,T,H,V], final_state [B,H,K,V] f32)``.
 
+    Args:
+      q, k: ``[B, T, H, K]`` queries and keys (normally L2-normalised per head).
+      v: ``[B, T, H, V]`` values.
+      g: ``[B, T, H]`` log-decay, ``<= 0`` (``0`` means no decay).
+      beta: ``[B, T, H]`` write strength, normally in ``(0, 1)``.
+      initial_state: ``[B, H, K, V]`` fast weights to start from (zeros if None).
+      scale: multiplier of the read-out, default ``1/sqrt(K)``.
+      chunk_size: chunk length of the chunked and Pallas forms (any T works; inputs are
+        padded internally with exact no-op steps).
+      impl: ``"recurrent"``: the reference, a float32 ``lax.scan`` over time (also the
+        T = 1 decode path). ``"chunked"``: XLA WY/UT chunked form (``xla.py``): all chunks'
+        intra-chunk work in parallel, one scan over chunks carrying the state, and a
+        hand-written backward (one reverse scan carrying dS). ``"chunked_reference"``: the
+        same math differentiated by autodiff through a rematerialised scan (less memory,
+        slower). ``"pallas"``: Pallas kernels in both directions (``pallas.py``; Mosaic on
+        TPU, Triton on GPU, interpret mode on CPU).
+      mesh_axes: only for ``"pallas"``: ``(batch_axes, head_axes)`` mesh-axis names of the
+        inputs' batch and head dims when traced inputs on an Auto-axis mesh carry no
+        sharding (the kernels then run under ``jax.shard_map`` over those axes).
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _gdr_pallas(cfg, q, k, v, g, beta, h0):
-    return _forward(cfg, q, k, v, g, beta, h0)
-
-
-def _gdr_pallas_fwd(cfg, q, k, v, g, beta, h0):
-    return _forward(cfg, q, k, v, g, beta, h0), (q, k, v, g, beta, h0)
-
-
-def _gdr_pallas_bwd(cfg, residuals, cotangents):
-    _, pullback = jax.vjp(functools.partial(_chunked, cfg), *residuals)
-    return pullback(cotangents)
-
-
-_gdr_pallas.defvjp(_gdr_pallas_fwd, _gdr_pallas_bwd)
-
-
-# ----------------------------------------------------------------------------- sharding
-
-def _named_sharding(x):
-    """The NamedSharding of a concrete array, or of a traced one under explicit axes."""
-    if isinstance(x, jax.core.Tracer):
-        sharding = getattr(jax.typeof(x), "sharding", None)
-    else:
-        sharding = getattr(x, "sharding", None)
-    if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
-        return sharding
-    return None
-
-
-def _spec_entries(sharding, ndim):
-    spec = tuple(sharding.spec) if sharding is not None else ()
-    return spec + (None,) * (ndim - len(spec))
-
-
-def _active_mesh():
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or getattr(mesh, "empty", False) or not mesh.shape or mesh.size <= 1:
-        return None
-    return mesh
-
-
-def shard_map_specs(q, k, v, g, beta, h0, mesh_axes=None):
-    """(mesh, batch_axes, head_axes) from the inputs' shardings, or None when single-device.
-
-    Batch and head axes may be sharded (each (batch, head) recurrence is independent);
-    time and feature axes must not be (that would need a cross-device state hand-off).
-    ``mesh_axes`` = (batch_axes, head_axes) is the caller's layout for traced inputs on an
-    ``AxisType.Auto`` mesh, whose types carry no sharding; it is used only when the inputs
-    show no sharded batch/head axis and a multi-device mesh is active.
+    Raises:
+      ValueError: wrong ranks or shapes (the message names the argument and shows the
+        shapes seen), ``initial_state`` not ``[B, H, K, V]``, unknown ``impl``, a bad
+        ``chunk_size``, or (for concrete inputs) a positive ``g``.
     """
-    named = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state": h0}
-    shardings = {name: _named_sharding(x) for name, x in named.items()}
-    found = [s for s in shardings.values() if s is not None]
-    if not found:
-        mesh = _active_mesh() if mesh_axes is not None else None
-        return None if mesh is None else (mesh, *mesh_axes)
-    # Which axes of each input hold batch / time / heads / features.
-    roles = {"q": "bthf", "k": "bthf", "v": "bthf", "g": "bth", "beta": "bth", "initial_state": "bhff"}
-    batch_axes = head_axes = None
-    for name, sharding in shardings.items():
-        if sharding is None:
-            continue
-        entries = _spec_entries(sharding, named[name].ndim)
-        for role, entry in zip(roles[name], entries):
-            if role in "tf" and entry is not None:
-                raise ValueError(
-                    f"gated_delta_rule_pallas: `{name}` is sharded along a "
-                    f"{'time' if role == 't' else 'feature'} axis (spec {sharding.spec}, shape "
-                    f"{tuple(named[name].shape)}); only batch and head axes may be sharded")
-        b_entry, h_entry = entries[roles[name].index("b")], entries[roles[name].index("h")]
-        if batch_axes is None and head_axes is None:
-            batch_axes, head_axes = b_entry, h_entry
-    if batch_axes is None and head_axes is None and mesh_axes is not None:
-        batch_axes, head_axes = mesh_axes
-    return found[0].mesh, batch_axes, head_axes
-
-
-def gated_delta_rule_pallas(q, k, v, g, beta, *, initial_state=None, scale, chunk_size=64,
-                            backend=None, interpret=None, mesh_axes=None):
-    """Gated delta rule with Pallas forward kernels; contract of ``sleepjax.ops.gated_delta_rule``.
-
-    Args beyond the common ones:
-      backend: ``"tpu"`` (Mosaic) or ``"gpu"`` (Triton) kernel; default from the inputs'
-        platform (CPU -> the TPU kernel in interpret mode).
-      interpret: Pallas interpret mode; default True exactly when the kernel's hardware
-        is not the inputs' platform. Pass False to lower/export for TPU/GPU from a CPU host,
-        or a ``pltpu.InterpretParams`` to run the TPU kernel in TPU interpret mode (which
-        simulates VMEM and can fill uninitialised memory with NaN).
-
-      mesh_axes: optional ``(batch_axes, head_axes)`` mesh-axis names (PartitionSpec
-        entries) of the inputs' batch and head dims, for traced inputs on an Auto-axis mesh
-        set with ``jax.set_mesh`` (their types carry no sharding to read).
-
-    Inputs sharded over a multi-device mesh (batch and/or head axes; concrete arrays,
-    tracers under explicit-axis sharding, or ``mesh_axes`` under an active mesh) run under
-    ``jax.shard_map`` so each device runs the kernel on its own (batch, head) slice. With
-    a multi-device mesh but no visible layout the kernel runs replicated (correct, but
-    every device does all the work).
-    """
-    bsz, _, heads, dk = q.shape
-    dv = v.shape[-1]
-    h0 = jnp.zeros((bsz, heads, dk, dv), jnp.float32) if initial_state is None else initial_state
-    backend, interpret = select_backend((q, k, v, g, beta, h0), backend, interpret)
-    cfg = KernelConfig(scale=float(scale), chunk_size=int(chunk_size), backend=backend, interpret=interpret)
-    run = functools.partial(_gdr_pallas, cfg)
-    layout = shard_map_specs(q, k, v, g, beta, h0, mesh_axes)
-    if layout is None:
-        return run(q, k, v, g, beta, h0)
-    mesh, b_ax, h_ax = layout
-    seq4, seq3, state = P(b_ax, None, h_ax, None), P(b_ax, None, h_ax), P(b_ax, h_ax, None, None)
-    # Inside an enclosing shard_map (e.g. data parallelism made manual over "data") only the
-    # axes still left to the compiler can be made manual here.
-    types = getattr(mesh, "axis_types", None) or ()
-    free = frozenset(name for name, kind in zip(mesh.axis_names, types)
-                     if kind != jax.sharding.AxisType.Manual)
-    axis_names = free if len(free) < len(mesh.axis_names) else frozenset()
-    sharded = jax.shard_map(run, mesh=mesh, in_specs=(seq4, seq4, seq4, seq3, seq3, state),
-                            out_specs=(seq4, state), axis_names=axis_names, check_vma=False)
-    return sharded(q, k, v, g, beta, h0)
+    _, _, _, dk, _ = validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size)
+    scale = float(dk) ** -0.5 if scale is None else float(scale)
+    common = dict(initial_state=initial_state, scale=scale)
+    if impl == "recurrent":
+        return reference.gated_delta_rule_recurrent(q, k, v, g, beta, **common)
+    if impl == "chunked":
+        return xla.gated_delta_rule_xla(q, k, v, g, beta, chunk_size=int(chunk_size), **common)
+    if impl == "chunked_reference":
+        return reference.gated_delta_rule_chunked_reference(q, k, v, g, beta, chunk_size=int(chunk_size),
+                                                            **common)
+    return pallas.gated_delta_rule_pallas(q, k, v, g, beta, chunk_size=int(chunk_size), mesh_axes=mesh_axes,
+                                          **common)

@@ -6,12 +6,19 @@ as ``[C, 1]`` columns), iota masks built with shifts (no integer division), 2-D
 transposes, ``dot`` at HIGHEST precision with float32 accumulation, elementwise ``exp``
 and ``where`` and a masked column sum. No slicing of values and no triangular-solve
 primitive: ``(I + A)^{-1}`` is built by the same blocked doubling as the pure-JAX form
-(``sleepjax.ops.gdr_chunked.unit_lower_inverse``), here with masks on full C x C tiles:
+(``chunk_math.unit_lower_inverse``), here with masks on full C x C tiles:
 X <- X - X M_w X where M_w keeps A's lower-left w x w blocks inside each 2w diagonal
 block. Every iterate is a block of the final inverse, so nothing overflows.
+
+The backward kernels differentiate the same body: ``gdr_chunk_vjp`` is ``jax.vjp`` of
+``gdr_chunk`` traced inside the kernel, so one definition of the chunk math serves both
+directions and its transpose uses only the same kinds of operations (dots with transposed
+operands, elementwise ops, row/column sums).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -73,3 +80,10 @@ def gdr_chunk(q, k, v, g_cum, beta, state, *, scale):
     k_end = jnp.exp(g_end - g_cum) * k                       # exponent <= 0
     new_state = jnp.exp(g_end) * state + _dot(k_end.T, u)
     return out, new_state
+
+
+def gdr_chunk_vjp(q, k, v, g_cum, beta, state, d_out, d_new_state, *, scale):
+    """Cotangents ``(dq, dk, dv, dg_cum, dbeta, d_state)`` of ``gdr_chunk`` at these inputs
+    for output cotangents ``d_out [C, V]`` and ``d_new_state [K, V]``."""
+    _, pullback = jax.vjp(functools.partial(gdr_chunk, scale=scale), q, k, v, g_cum, beta, state)
+    return pullback((d_out, d_new_state))

@@ -1,4 +1,5 @@
-"""Numerical ops: the gated delta rule (fast-weight update) in recurrent, chunked and Pallas form."""
+"""Numerical ops: the gated delta rule (fast-weight update), implemented in the
+self-contained ``pallas_kernels.gated_delta_rule`` package and exposed here."""
 
 from sleepjax.ops.gated_delta_rule import IMPLS, gated_delta_rule
 

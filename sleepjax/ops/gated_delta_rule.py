@@ -1,113 +1,30 @@
 """Public entry point of the gated delta rule (the fast-weight update of a GDN layer).
 
-Convention ("decay, then delta", as in flash-linear-attention; fla issue #885):
-
-    S_t = exp(g_t) S_{t-1} + beta_t k_t (v_t - exp(g_t) S_{t-1}^T k_t)^T        S_t: [K, V]
-    o_t = scale * S_t^T q_t
-
-Equivalently S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T with a_t = exp(g_t).
-The state and all decay arithmetic are float32 whatever the input dtype; the output
-takes the dtype of ``v``.
-
-Layout (flash-linear-attention's): q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g and beta
-``[B, T, H]``, state ``[B, H, K, V]``.
+The op lives entirely in ``pallas_kernels.gated_delta_rule`` (references, chunked XLA form,
+Pallas kernels, dispatcher), which knows nothing of sleepjax. This adapter adds the one
+thing only the project knows: where batch and heads live on the active mesh (its logical
+axis rules), which the Pallas kernels need to wrap themselves in ``shard_map`` when traced
+inputs on an Auto-axis mesh carry no sharding. See ``pallas_kernels.gated_delta_rule.api``
+for the convention, layouts and arguments.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from pallas_kernels.gated_delta_rule import api
+from pallas_kernels.gated_delta_rule.api import IMPLS, validate_inputs
 
-from sleepjax.ops import gdr_recurrent
-
-IMPLS = ("recurrent", "chunked", "pallas")
-
-
-def _shape_error(name: str, msg: str, **shapes) -> ValueError:
-    seen = ", ".join(f"{k}={tuple(v)}" for k, v in shapes.items())
-    return ValueError(f"gated_delta_rule: `{name}` {msg} (shapes seen: {seen})")
-
-
-def validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size):
-    """Raise ValueError naming the offending argument; returns (B, T, H, K, V)."""
-    if impl not in IMPLS:
-        raise ValueError(f"gated_delta_rule: `impl` must be one of {IMPLS}, got {impl!r}")
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"gated_delta_rule: `chunk_size` must be a positive int, got {chunk_size!r}")
-    shapes = dict(q=q.shape, k=k.shape, v=v.shape, g=g.shape, beta=beta.shape)
-    for name, arr, rank in (("q", q, 4), ("k", k, 4), ("v", v, 4), ("g", g, 3), ("beta", beta, 3)):
-        if arr.ndim != rank:
-            raise _shape_error(name, f"must have rank {rank}, got rank {arr.ndim}", **shapes)
-    if k.shape != q.shape:
-        raise _shape_error("k", "must have the same shape as q [B, T, H, K]", **shapes)
-    bsz, seq, heads, dk = q.shape
-    if v.shape[:3] != (bsz, seq, heads):
-        raise _shape_error("v", "must be [B, T, H, V] with B, T, H matching q", **shapes)
-    dv = v.shape[3]
-    if g.shape != (bsz, seq, heads):
-        raise _shape_error("g", "must be [B, T, H] matching q", **shapes)
-    if beta.shape != (bsz, seq, heads):
-        raise _shape_error("beta", "must be [B, T, H] matching q", **shapes)
-    if initial_state is not None and tuple(initial_state.shape) != (bsz, heads, dk, dv):
-        raise _shape_error(
-            "initial_state", f"must be [B, H, K, V] = {(bsz, heads, dk, dv)}",
-            initial_state=initial_state.shape, **shapes)
-    # Positive log-decays would make the state grow without bound. Only concrete
-    # values can be checked (and only host-readable ones: not under jit, not an array
-    # spread over other processes); elsewhere the caller's parameterisation guarantees it.
-    readable = not isinstance(g, jax.core.Tracer) and (
-        not isinstance(g, jax.Array) or g.is_fully_addressable)
-    if readable:
-        g_max = float(np.max(np.asarray(g))) if g.size else 0.0
-        if g_max > 0.0:
-            raise ValueError(
-                f"gated_delta_rule: `g` is the log of a decay and must be <= 0, got max {g_max:.4g} "
-                f"(shape {tuple(g.shape)})")
-    return bsz, seq, heads, dk, dv
+__all__ = ["IMPLS", "gated_delta_rule", "validate_inputs"]
 
 
 def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, scale=None, chunk_size=64,
                      impl="chunked"):
-    """Gated delta rule over a sequence; returns ``(o [B,T,H,V], final_state [B,H,K,V] f32)``.
-
-    Args:
-      q, k: ``[B, T, H, K]`` queries and keys (normally L2-normalised per head).
-      v: ``[B, T, H, V]`` values.
-      g: ``[B, T, H]`` log-decay, ``<= 0`` (``0`` means no decay).
-      beta: ``[B, T, H]`` write strength, normally in ``(0, 1)``.
-      initial_state: ``[B, H, K, V]`` fast weights to start from (zeros if None).
-      scale: multiplier of the read-out, default ``1/sqrt(K)``.
-      chunk_size: chunk length of the chunked and Pallas forms (any T works; inputs are
-        padded internally with exact no-op steps).
-      impl: ``"recurrent"``: the reference, a float32 ``lax.scan`` over time (also the
-        T = 1 decode path). ``"chunked"``: pure-JAX WY/UT chunked form
-        (``sleepjax.ops.gdr_chunked``): all chunks' intra-chunk work in parallel, a
-        rematerialised scan over chunks carrying only the state. ``"pallas"``: Pallas
-        forward kernels (``pallas_kernels.gated_delta_rule``; Mosaic on TPU, Triton on GPU,
-        interpret mode on CPU) with an exact backward through the chunked form; inputs
-        sharded over a multi-device mesh (batch/head axes) run under ``jax.shard_map``.
-
-    Raises:
-      ValueError: wrong ranks or shapes (the message names the argument and shows the
-        shapes seen), ``initial_state`` not ``[B, H, K, V]``, unknown ``impl``, a bad
-        ``chunk_size``, or (for concrete inputs) a positive ``g``.
-    """
-    _, _, _, dk, _ = validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size)
-    scale = float(dk) ** -0.5 if scale is None else float(scale)
-    if impl == "recurrent":
-        return gdr_recurrent.gated_delta_rule_recurrent(
-            q, k, v, g, beta, initial_state=initial_state, scale=scale)
-    if impl == "chunked":
-        from sleepjax.ops import gdr_chunked  # local import keeps the reference importable alone
-        return gdr_chunked.gated_delta_rule_chunked(
-            q, k, v, g, beta, initial_state=initial_state, scale=scale, chunk_size=int(chunk_size))
-    from pallas_kernels.gated_delta_rule import api as pallas_api
-    from sleepjax import partitioning
-    # Under an Auto-axis mesh traced inputs carry no sharding; the project's logical axis
-    # rules say where batch and heads live, so the kernel's shard_map can follow them.
-    mesh_axes = (partitioning.activation_mesh_axes("batch", q.shape[0]),
-                 partitioning.activation_mesh_axes("heads", q.shape[2]))
-    return pallas_api.gated_delta_rule_pallas(
-        q, k, v, g, beta, initial_state=initial_state, scale=scale, chunk_size=int(chunk_size),
-        mesh_axes=None if mesh_axes == (None, None) else mesh_axes)
+    """``api.gated_delta_rule`` with the Pallas kernels' mesh axes taken from the project's
+    partition rules; returns ``(o [B,T,H,V], final_state [B,H,K,V] float32)``."""
+    mesh_axes = None
+    if impl == "pallas":
+        from sleepjax import partitioning   # only the Pallas path needs the mesh rules
+        axes = (partitioning.activation_mesh_axes("batch", q.shape[0]),
+                partitioning.activation_mesh_axes("heads", q.shape[2]))
+        mesh_axes = None if axes == (None, None) else axes
+    return api.gated_delta_rule(q, k, v, g, beta, initial_state=initial_state, scale=scale,
+                                chunk_size=chunk_size, impl=impl, mesh_axes=mesh_axes)

@@ -1,4 +1,4 @@
-"""Chunked (WY / UT representation) form of the gated delta rule in pure JAX.
+"""Chunk-level math of the gated delta rule (WY / UT representation), pure JAX.
 
 Within a chunk of C tokens with chunk-local cumulative log-decay G_t = g_1 + ... + g_t and
 entry state S, the recurrence (see ``sleepjax.ops.gated_delta_rule``) unrolls to
@@ -11,22 +11,17 @@ where the "pseudo-values" u solve a unit lower-triangular system
 
 With X = (I + A)^{-1} diag(beta) this is U = X V - (X diag(exp(G)) K) S = U_c - W S, so
 every chunk's W and U_c (and the causal read-out matrix P) are state-independent and are
-computed for all chunks at once; only a short scan over chunks carries the state:
+computed for all chunks at once (``chunk_factors``); only a short scan over chunks carries
+the state (``chunk_step``):
 
     U = U_c - W S;   O = scale exp(G) Q S + P U;   S' = exp(G_C) S + (exp(G_C - G) K)^T U.
 
 Numerics: decays, the solve and the state are float32 with HIGHEST-precision matmuls;
 pairwise decay differences are masked *before* ``exp`` so no inf (and hence no NaN in
 gradients) can appear for strong decays; we only ever exponentiate non-positive numbers.
-Memory: the scan body is rematerialised (``jax.checkpoint``) and the scan runs over
-segments of chunks whose bodies are rematerialised too, so the backward pass keeps one
-state per segment plus the states of the one segment being differentiated, not the
-intermediates of every chunk.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +48,22 @@ def to_chunks(x, chunk_size):
     bsz, tp, heads = x.shape[:3]
     x = jnp.moveaxis(x, 2, 1)
     return x.reshape((bsz, heads, tp // chunk_size, chunk_size) + x.shape[3:])
+
+
+def from_chunks(x, seq):
+    """``[B, H, N, C, D] -> [B, T, H, D]``, dropping the time padding beyond ``seq``."""
+    bsz, heads, num, csize = x.shape[:4]
+    x = x.reshape((bsz, heads, num * csize) + x.shape[4:])
+    return jnp.moveaxis(x, 1, 2)[:, :seq]
+
+
+def chunk_inputs(q, k, v, g, beta, chunk_size):
+    """The op's inputs as float32, zero-padded to whole chunks, in chunk layout
+    ``[B, H, N, C, ...]`` (padding steps are exact no-ops)."""
+    num_chunks = max(1, -(-q.shape[1] // chunk_size))
+    total = num_chunks * chunk_size
+    return tuple(to_chunks(pad_time(x.astype(jnp.float32), total), chunk_size)
+                 for x in (q, k, v, g, beta))
 
 
 def chunk_factors(q, k, v, g, beta, *, scale):
@@ -132,66 +143,3 @@ def chunk_step(state, f):
     return new_state, out
 
 
-def _default_segment(num_chunks):
-    return max(1, int(math.isqrt(num_chunks)))
-
-
-def scan_chunks(state0, factors, *, segment=None):
-    """Run ``chunk_step`` over axis 0 of every factor (chunk-major), with two-level remat.
-
-    The outer scan walks segments of ``segment`` chunks and keeps only segment-entry
-    states for the backward pass; each segment's chunk states are recomputed when needed.
-    Returns (final_state, outputs stacked over chunks).
-    """
-    num_chunks = factors["w"].shape[0]
-    segment = _default_segment(num_chunks) if segment is None else max(1, min(segment, num_chunks))
-    step = jax.checkpoint(chunk_step, prevent_cse=False)
-    if segment == 1 or segment >= num_chunks:
-        return jax.lax.scan(step, state0, factors)
-    num_segments = -(-num_chunks // segment)
-    pad = num_segments * segment - num_chunks
-    if pad:
-        # Zero factors with decay_end = 1 make a chunk an exact no-op on the state.
-        def pad_factor(name, x):
-            fill = 1.0 if name == "decay_end" else 0.0
-            return jnp.concatenate([x, jnp.full((pad,) + x.shape[1:], fill, x.dtype)], axis=0)
-        factors = {name: pad_factor(name, x) for name, x in factors.items()}
-    grouped = jax.tree.map(lambda x: x.reshape((num_segments, segment) + x.shape[1:]), factors)
-
-    @jax.checkpoint
-    def run_segment(state, seg_factors):
-        return jax.lax.scan(step, state, seg_factors)
-
-    final_state, outs = jax.lax.scan(run_segment, state0, grouped)
-    outs = outs.reshape((num_segments * segment,) + outs.shape[2:])[:num_chunks]
-    return final_state, outs
-
-
-def gated_delta_rule_chunked(q, k, v, g, beta, *, initial_state=None, scale, chunk_size=64,
-                             segment=None):
-    """Chunked gated delta rule; same contract as ``sleepjax.ops.gated_delta_rule``.
-
-    ``segment``: chunks per rematerialisation segment (default ~sqrt(#chunks)).
-    """
-    bsz, seq, heads, dk = q.shape
-    dv = v.shape[-1]
-    out_dtype = v.dtype
-    csize = int(chunk_size)
-    num_chunks = max(1, -(-seq // csize))
-    total = num_chunks * csize
-    f32 = jnp.float32
-    q, k, v, g, beta = (pad_time(x.astype(f32), total) for x in (q, k, v, g, beta))
-    qc, kc, vc = (to_chunks(x, csize) for x in (q, k, v))
-    gc, bc = (to_chunks(x, csize) for x in (g, beta))
-    factors = chunk_factors(qc, kc, vc, gc, bc, scale=scale)
-    # Chunk axis first for the scan: [N, B, H, ...].
-    factors = jax.tree.map(lambda x: jnp.moveaxis(x, 2, 0), factors)
-    if initial_state is None:
-        state0 = jnp.zeros((bsz, heads, dk, dv), f32)
-    else:
-        state0 = initial_state.astype(f32)
-    final_state, outs = scan_chunks(state0, factors, segment=segment)
-    # outs [N, B, H, C, V] -> [B, T, H, V]
-    o = jnp.moveaxis(outs, 0, 2).reshape(bsz, heads, total, dv)
-    o = jnp.moveaxis(o, 1, 2)[:, :seq]
-    return o.astype(out_dtype), final_state
