@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from sleepjax import partitioning
+from sleepjax.parallel import multihost as partitioning
 from sleepjax.training import plots
 from sleepjax.training.checkpointing import ConfigMismatchError
 from sleepjax.training.config import apply_overrides, load_config_module

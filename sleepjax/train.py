@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sleepjax import partitioning
+from sleepjax.parallel import multihost as partitioning
 from sleepjax.training.checkpointing import ConfigMismatchError
 from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
 

@@ -38,7 +38,7 @@ from sleepjax.models import layers
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.models.params import declare_lm_params
 from sleepjax.models.validation import check_configs, validate_tokens
-from sleepjax.partitioning import constrain
+from sleepjax.parallel.activations import constrain
 
 
 def block_name(i: int) -> str:

@@ -103,7 +103,7 @@ def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, scale=None, chunk_
         return gdr_chunked.gated_delta_rule_chunked(
             q, k, v, g, beta, initial_state=initial_state, scale=scale, chunk_size=int(chunk_size))
     from pallas_kernels.gated_delta_rule import api as pallas_api
-    from sleepjax import partitioning
+    from sleepjax.parallel import activations as partitioning
     # Under an Auto-axis mesh traced inputs carry no sharding; the project's logical axis
     # rules say where batch and heads live, so the kernel's shard_map can follow them.
     mesh_axes = (partitioning.activation_mesh_axes("batch", q.shape[0]),

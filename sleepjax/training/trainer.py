@@ -27,8 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleepjax import data, partitioning
+from sleepjax import data
 from sleepjax.models import SleepLM
+from sleepjax.parallel.data_parallel import jit_train_step
+from sleepjax.parallel.logical_axes import replicated, with_shardings
+from sleepjax.parallel.mesh import make_mesh, validate_model_for_mesh
+from sleepjax.parallel.multihost import batch_sharding, host_shard_info, make_global_batch
+from sleepjax.parallel.state_shardings import train_state_shardings
 from sleepjax.training import evaluate as evaluation
 from sleepjax.training.checkpointing import CHECKPOINT_SUBDIR, Checkpointer
 from sleepjax.training.config import ResolvedConfig, validate_config
@@ -67,15 +72,15 @@ def train_and_evaluate(cfg, workdir: str, *,
     started = time.perf_counter()
     rc: ResolvedConfig = validate_config(cfg)
     train_cfg = rc.train
-    mesh = partitioning.make_mesh(rc.mesh)
-    partitioning.validate_model_for_mesh(rc.model, mesh)
+    mesh = make_mesh(rc.mesh)
+    validate_model_for_mesh(rc.model, mesh)
     os.makedirs(workdir, exist_ok=True)
 
     model = SleepLM(rc.model, rc.sleep)
     optimizer = make_optimizer(rc.optim, train_cfg.steps)
     train_step = make_train_step(model, optimizer)
 
-    shard_index, shard_count = partitioning.host_shard_info(mesh)
+    shard_index, shard_count = host_shard_info(mesh)
     train_source = data.make_source(rc.task, "train", train_cfg.seed)
     test_source = data.make_source(rc.task, "test", train_cfg.seed)
     dataset = data.make_dataset(train_source, batch_size=train_cfg.batch_size // shard_count,
@@ -87,7 +92,7 @@ def train_and_evaluate(cfg, workdir: str, *,
     rng = jax.random.PRNGKey(train_cfg.seed)
     example_tokens = jnp.zeros((1, rc.seq_len), jnp.int32)
     abstract_state = jax.eval_shape(init_fn, rng, example_tokens)
-    state_shardings = partitioning.train_state_shardings(abstract_state, mesh, rc.model)
+    state_shardings = train_state_shardings(abstract_state, mesh, rc.model)
 
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR),
                                 keep=train_cfg.keep_checkpoints,
@@ -97,17 +102,17 @@ def train_and_evaluate(cfg, workdir: str, *,
         if latest is not None:
             checkpointer.check_compatible(cfg, latest)
             state = checkpointer.restore(
-                latest, partitioning.with_shardings(abstract_state, state_shardings), data_iterator)
+                latest, with_shardings(abstract_state, state_shardings), data_iterator)
         else:
             with jax.set_mesh(mesh):
                 state = jax.jit(init_fn, out_shardings=state_shardings)(rng, example_tokens)
         start_step = int(jax.device_get(state.step))
 
-        step_fn = partitioning.jit_train_step(train_step, state_shardings, mesh)
+        step_fn = jit_train_step(train_step, state_shardings, mesh)
         eval_step = make_eval_step(model)
         jitted_eval = jax.jit(eval_step, in_shardings=(state_shardings.params,
-                                                       partitioning.batch_sharding(mesh)),
-                              out_shardings=partitioning.replicated(mesh))
+                                                       batch_sharding(mesh)),
+                              out_shardings=replicated(mesh))
 
         def run_eval(params) -> dict:
             def bound(batch):
@@ -117,7 +122,7 @@ def train_and_evaluate(cfg, workdir: str, *,
             def to_device(batch):
                 rows = train_cfg.eval_batch_size // shard_count
                 local = {k: v[shard_index * rows:(shard_index + 1) * rows] for k, v in batch.items()}
-                return partitioning.make_global_batch(local, mesh)
+                return make_global_batch(local, mesh)
 
             return evaluation.evaluate(bound, test_source, train_cfg.eval_examples,
                                        train_cfg.eval_batch_size, to_device)
@@ -145,7 +150,7 @@ def train_and_evaluate(cfg, workdir: str, *,
             logger.write_config(cfg)
             while step < train_cfg.steps:
                 host_batch = next(data_iterator)
-                batch = partitioning.make_global_batch(
+                batch = make_global_batch(
                     {k: host_batch[k] for k in TRAIN_BATCH_KEYS}, mesh)
                 state, metrics = step_fn(state, batch)
                 metrics = jax.device_get(metrics)
