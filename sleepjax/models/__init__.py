@@ -30,7 +30,8 @@ from sleepjax.models.params import param_table
 from sleepjax.models.sleep_lm import SleepLM, forward_sequence, init_params
 from sleepjax.models.validation import validate_tokens
 
-__doc__ += param_table() + "\n"   # derived from the declarations, so it cannot drift
+if __doc__:   # None under python -OO
+    __doc__ += param_table() + "\n"   # derived from the declarations, so it cannot drift
 
 __all__ = ["ModelConfig", "SleepConfig", "SleepLM", "FullAttentionLM", "forward_sequence",
            "init_params", "validate_tokens", "masked_cross_entropy"]
