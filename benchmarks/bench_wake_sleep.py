@@ -4,6 +4,8 @@
    (fixed-size state: fast weights + one window of KV) and for a full-attention baseline of the
    same width whose KV cache grows with the context (its decode step attends over a cache sized
    to exactly the context, as a paged / flash-decoding implementation would). Ratio 64w / 1w.
+   [1b] the public ``inference.wake_step`` (host-side input checks, then the jitted step) vs
+   the jitted step alone: the cost of the checks.
 2. The cost of one sleep (passes 2..N over the window + eviction) as a multiple of one window's
    prefill (the parallel wake pass over L tokens), for N in {1, 2, 4}: expected about N - 1.
 3. Training-step (loss + grad) temporary memory from XLA's memory_analysis for N in {1, 4, 8},
@@ -76,6 +78,20 @@ def wake_latency(model_cfg, window, far_windows, repeats):
          lambda: decode(base_params, caches[far], token, jnp.int32(far * window), cfg=model_cfg)],
         repeats)
     return {near: times[0], far: times[1]}, {near: times[2], far: times[3]}
+
+
+def public_call_overhead(model_cfg, window, repeats):
+    """(median, min) seconds of the jitted wake step alone and of the public, checked call."""
+    sleep_cfg = SleepConfig(window=window, passes=2)
+    params = init_params(model_cfg, jax.random.PRNGKey(0))
+    rng = np.random.RandomState(3)
+    state = inference.init_state(model_cfg, sleep_cfg, 1)
+    _, state, _ = inference.feed(params, state, rng.randint(0, model_cfg.vocab_size, (1, window + 1)),
+                                 model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    token = jnp.asarray(rng.randint(0, model_cfg.vocab_size, (1,)), jnp.int32)
+    kw = dict(model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    return median_seconds([lambda: inference._wake_step_jit(params, state, token, **kw),
+                           lambda: inference.wake_step(params, state, token, **kw)], repeats)
 
 
 def sleep_cost(model_cfg, window, passes_list, repeats):
@@ -166,6 +182,12 @@ def main():
         print(f"  {label}: 1 window {t[1][0] * 1e3:8.3f} / {t[1][1] * 1e3:8.3f} ms | {far} windows "
               f"{t[far][0] * 1e3:8.3f} / {t[far][1] * 1e3:8.3f} ms | ratio median "
               f"{t[far][0] / t[1][0]:.2f}, min {t[far][1] / t[1][1]:.2f}")
+
+    (core_med, core_min), (public_med, public_min) = public_call_overhead(cfg, window, repeats)
+    print("\n[1b] public inference.wake_step (host-side checks + jitted step) vs the jitted step")
+    print(f"  jitted {core_med * 1e3:8.3f} / {core_min * 1e3:8.3f} ms  public {public_med * 1e3:8.3f}"
+          f" / {public_min * 1e3:8.3f} ms  public/jitted median {public_med / core_med:5.2f}, "
+          f"min {public_min / core_min:5.2f}")
 
     print("\n[2] one sleep vs one window prefill (batch 1)")
     for passes, (t_prefill, t_sleep) in sleep_cost(cfg, window, (1, 2, 4), repeats).items():

@@ -32,10 +32,10 @@ def get_config(arg: str | None = None):
                          gdn_chunk_size=8)
         cfg.optim.update(muon_lr=2e-2, adam_lr=3e-3, warmup_fraction=0.05, decay_fraction=0.3)
         if variant == "tiny":   # the README's main command: 4 runs in about 10 CPU-minutes
-            cfg.train.update(steps=240, batch_size=16, log_every=10, eval_every=120,
+            cfg.train.update(steps=240, batch_size=16, log_every=10, eval_every=24,
                              eval_examples=256, eval_batch_size=128, checkpoint_every=120)
         else:                   # twice the batch, 300 steps, 512 test examples
-            cfg.train.update(steps=300, batch_size=32, log_every=10, eval_every=100,
+            cfg.train.update(steps=300, batch_size=32, log_every=10, eval_every=30,
                              eval_examples=512, eval_batch_size=128, checkpoint_every=100)
     else:  # paper
         cfg.task = data.task_config("rule110", t=32)
@@ -51,3 +51,8 @@ def get_config(arg: str | None = None):
 def get_sweep():
     """The ablation of the paper's Fig. 2b: N sleep passes in {1, 2, 3, 4}."""
     return common.passes_sweep((1, 2, 3, 4))
+
+
+def get_seeds():
+    """Seeds every N is trained with (init and data order); the sweep reports mean ± std."""
+    return (0, 1, 2)

@@ -3,13 +3,14 @@
 What "wake" and "sleep" mean for a user:
 
 * :func:`wake_step` consumes one token per batch row and returns the next-token logits. It runs
-  the full stack once (attention over the current window's KV cache, GDN layers with the T=1
-  recurrent update from their fast weights and short-conv cache). Its cost does not depend on
-  how much context came before: the state has a fixed size.
+  the model's wake pass (:func:`sleepjax.models.sleep_lm.wake_pass`, the training forward's
+  code) on one token against the state's caches: attention over the current window's KV cache,
+  GDN layers with the T=1 recurrent update from their fast weights and short-conv cache. Its
+  cost does not depend on how much context came before: the state has a fixed size.
 * :func:`sleep` runs passes 2..N over the window just filled (the stored wake-pass outputs of
-  block ``loop_end - 1`` are the input of pass 2), using the same parallel window code as
-  training, then evicts: the KV and conv caches are cleared and the position reset; under
-  sliding eviction the last ``L-1`` keys/values are kept as the previous window.
+  block ``loop_end - 1`` are the input of pass 2) and evicts
+  (:func:`sleepjax.models.sleep_lm.sleep`): the KV and conv caches are cleared and the position
+  reset; under sliding eviction the last ``L-1`` keys/values are kept as the previous window.
 * :func:`step` = :func:`wake_step`, then :func:`sleep` if that token filled the window (a
   ``lax.cond``, one jitted function). :func:`feed` scans :func:`step` over a token block and
   :func:`generate` samples a continuation, reporting where sleeps fired.
@@ -22,11 +23,15 @@ observable.
 The state is a :class:`StreamState` pytree of fixed-shape arrays (batch rows move in lockstep);
 it round-trips through ``flax.serialization.to_state_dict`` / ``from_state_dict`` (and orbax).
 All functions are pure: ``(params, state, inputs) -> (outputs, state)``; the configs are static.
+The public calls check their inputs on the host (shapes, and values that are concrete: token
+ids, the window position) and raise a ValueError naming the offending argument; the jitted
+functions behind them do not.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import NamedTuple
 
 import flax.struct
@@ -34,13 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleepjax.models import layers
+from sleepjax.models import sleep_lm
+from sleepjax.models.attention import KVCache, zero_kv_cache
+from sleepjax.models.blocks import attn_layer_names, gdn_layer_names, zero_fast_weights
 from sleepjax.models.config import ModelConfig, SleepConfig
-from sleepjax.models.sleep_lm import (attn_layer_names, block_name, embed, evict,
-                                      fast_weight_layout, gdn_layer_names, output_logits,
-                                      residual_stream, sleep_over_windows, sleep_passes,
-                                      zero_fast_weights, zero_previous_window_kv)
-from sleepjax.models.validation import check_configs, validate_tokens
+from sleepjax.models.gated_deltanet import GDNCache, zero_conv_history
+from sleepjax.models.layers import compute_dtype
+from sleepjax.models.validation import (check_configs, check_open_window, check_stream_token,
+                                        check_stream_tokens, check_tree_shapes, tree_layout)
 
 _STATIC = ("model_cfg", "sleep_cfg")
 
@@ -77,83 +83,47 @@ def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
     check_configs(model_cfg, sleep_cfg)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: must be a positive int, got {batch_size!r}")
-    dt = layers.compute_dtype(model_cfg)
     window = sleep_cfg.window
-    conv_channels = {"q": model_cfg.gdn_heads * model_cfg.gdn_head_dim,
-                     "k": model_cfg.gdn_heads * model_cfg.gdn_head_dim,
-                     "v": model_cfg.gdn_heads * model_cfg.gdn_value_dim}
-    conv_cache = {stream: jnp.zeros((batch_size, model_cfg.conv_size - 1, channels), dt)
-                  for stream, channels in conv_channels.items()}
-    kv_shape = (batch_size, window, model_cfg.attn_heads, model_cfg.attn_head_dim)
-    return StreamState(
+    return _issue(model_cfg, sleep_cfg, 0, StreamState(
         fast_weights=zero_fast_weights(model_cfg, batch_size),
-        conv_cache={name: dict(conv_cache) for name in gdn_layer_names(model_cfg)},
-        kv_cache={name: (jnp.zeros(kv_shape, dt), jnp.zeros(kv_shape, dt))
+        conv_cache={name: zero_conv_history(model_cfg, batch_size)
+                    for name in gdn_layer_names(model_cfg)},
+        kv_cache={name: tuple(zero_kv_cache(model_cfg, batch_size, window))
                   for name in attn_layer_names(model_cfg)},
-        prev_kv=zero_previous_window_kv(model_cfg, sleep_cfg, batch_size),
+        prev_kv=sleep_lm.zero_previous_window_kv(model_cfg, sleep_cfg, batch_size),
         has_prev=jnp.asarray(False),
-        loop_input=jnp.zeros((batch_size, window, model_cfg.d_model), dt),
+        loop_input=jnp.zeros((batch_size, window, model_cfg.d_model), compute_dtype(model_cfg)),
         position=jnp.asarray(0, jnp.int32),
-    )
-
-
-def _batch_size(state: StreamState) -> int:
-    return state.loop_input.shape[0]
-
-
-def _check_tokens(tokens, state, model_cfg):
-    """``tokens [B, T>=1]`` of ids in the vocabulary, B matching ``state``."""
-    shape = tuple(getattr(tokens, "shape", ()))
-    if len(shape) != 2 or shape[0] != _batch_size(state) or shape[1] < 1:
-        raise ValueError(f"tokens: must have shape [batch={_batch_size(state)}, T>=1], got {shape}")
-    validate_tokens(tokens, model_cfg.vocab_size)
-
-
-def _check_token(token, state):
-    shape = tuple(getattr(token, "shape", ()))
-    if shape != (_batch_size(state),):
-        raise ValueError(f"token: must have shape [batch={_batch_size(state)}] (one id per stream), "
-                         f"got shape {shape}")
-    if not np.issubdtype(np.dtype(token.dtype), np.integer):
-        raise ValueError(f"token: must be integer ids, got dtype {token.dtype}")
+    ))
 
 
 # ----------------------------------------------------------------------------- pure cores
 
+def _layer_caches(state: StreamState):
+    """The state as the per-layer caches of :func:`sleepjax.models.blocks.run_blocks`."""
+    caches = {name: KVCache(*kv) for name, kv in state.kv_cache.items()}
+    caches.update({name: GDNCache(s, state.conv_cache[name]) for name, s in state.fast_weights.items()})
+    return caches
+
+
 def _wake_step(params, state: StreamState, token, model_cfg, sleep_cfg):
-    _, loop_end = sleep_cfg.resolved_loop_range(model_cfg.num_layers)
     pos = state.position
-    fast, conv, kv = dict(state.fast_weights), dict(state.conv_cache), dict(state.kv_cache)
-    loop_input = state.loop_input
-    h = residual_stream(embed(params, token, model_cfg))                     # [B, d]
-    for i, kind in enumerate(model_cfg.layer_pattern):
-        name = block_name(i)
-        p = params[name]
-        x = layers.rms_norm(h, p["mixer_norm"]["scale"], model_cfg.norm_eps)
-        if kind == "A":
-            prev = state.prev_kv.get(name)
-            out, kv[name] = layers.attention_step(p["attn"], x, model_cfg, kv[name], pos, prev,
-                                                  state.has_prev)
-        else:
-            out, fast[name], conv[name] = layers.gdn_step(p["gdn"], x, fast[name], conv[name], model_cfg)
-            fast[name] = fast_weight_layout(fast[name])
-        h = h + out
-        h = residual_stream(h + layers.mlp(
-            p["mlp"], layers.rms_norm(h, p["mlp_norm"]["scale"], model_cfg.norm_eps), model_cfg))
-        if i == loop_end - 1:
-            loop_input = jax.lax.dynamic_update_slice_in_dim(
-                loop_input, h[:, None, :].astype(loop_input.dtype), pos, 1)
-    logits = output_logits(params, h, model_cfg)
-    state = state.replace(fast_weights=fast, conv_cache=conv, kv_cache=kv, loop_input=loop_input,
-                          position=pos + 1)
-    return logits, state
+    logits, h_loop, caches = sleep_lm.wake_pass(params, token[:, None], _layer_caches(state), pos,
+                                                model_cfg, sleep_cfg, state.prev_kv or None,
+                                                state.has_prev)
+    loop_input = jax.lax.dynamic_update_slice_in_dim(
+        state.loop_input, h_loop.astype(state.loop_input.dtype), pos, 1)
+    state = state.replace(
+        fast_weights={name: caches[name].fast_weights for name in state.fast_weights},
+        conv_cache={name: caches[name].conv for name in state.conv_cache},
+        kv_cache={name: tuple(caches[name]) for name in state.kv_cache},
+        loop_input=loop_input, position=pos + 1)
+    return logits[:, 0], state
 
 
 def _sleep(params, state: StreamState, model_cfg, sleep_cfg):
-    prev = state.prev_kv or None
-    fast = sleep_passes(params, state.loop_input, state.fast_weights, model_cfg, sleep_cfg,
-                        prev, state.has_prev)
-    fast, prev_kv = evict(fast, state.kv_cache, model_cfg, sleep_cfg)
+    fast, prev_kv = sleep_lm.sleep(params, state.loop_input, state.fast_weights, state.kv_cache,
+                                   model_cfg, sleep_cfg, state.prev_kv or None, state.has_prev)
     zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
     return StreamState(fast_weights=fast, conv_cache=zeros(state.conv_cache),
                        kv_cache=zeros(state.kv_cache), prev_kv=prev_kv,
@@ -182,7 +152,7 @@ def _prefill_windows(params, state, tokens, model_cfg, sleep_cfg):
     A window start has empty caches (``_sleep`` zeroes them), so after n windows that each
     slept only the fast weights and the eviction's hand-off change.
     """
-    (fast, prev_kv, has_prev), logits = sleep_over_windows(
+    (fast, prev_kv, has_prev), logits = sleep_lm.sleep_over_windows(
         params, (state.fast_weights, state.prev_kv, state.has_prev), tokens, model_cfg, sleep_cfg)
     return logits, state.replace(fast_weights=fast, prev_kv=prev_kv, has_prev=has_prev)
 
@@ -213,6 +183,71 @@ _prefill_windows_jit = jax.jit(_prefill_windows, static_argnames=_STATIC)
 _generate_loop_jit = jax.jit(_generate_loop, static_argnames=_STATIC + ("max_new_tokens", "temperature"))
 
 
+# ----------------------------------------------------------------------------- host-side checks
+
+@functools.lru_cache(maxsize=64)
+def _state_layout(model_cfg, sleep_cfg, batch_size):
+    """The layout of the :class:`StreamState` these configs need (traced once, nothing allocated)."""
+    return tree_layout(jax.eval_shape(lambda: init_state(model_cfg, sleep_cfg, batch_size)))
+
+
+def _check_state(state, model_cfg, sleep_cfg):
+    """``state`` has exactly the layout, shapes and dtypes ``init_state`` gives for the configs."""
+    if not isinstance(state, StreamState):
+        raise ValueError(f"state: must be a StreamState (see inference.init_state), "
+                         f"got {type(state).__name__}")
+    check_configs(model_cfg, sleep_cfg)
+    loop_shape = tuple(getattr(state.loop_input, "shape", ()))
+    if len(loop_shape) != 3:
+        raise ValueError(f"state.loop_input: must have shape [batch, window, d_model], got {loop_shape}")
+    batch_size, window = loop_shape[:2]
+    if window != sleep_cfg.window:
+        raise ValueError(f"state: built for window L={window} (loop_input {loop_shape}), but "
+                         f"sleep_cfg.window = {sleep_cfg.window}")
+    check_tree_shapes("state", state, _state_layout(model_cfg, sleep_cfg, batch_size),
+                      lambda: f"model_cfg / sleep_cfg (window={sleep_cfg.window}, "
+                      f"eviction={sleep_cfg.eviction!r}, layer_pattern={model_cfg.layer_pattern!r}, "
+                      f"dtype={model_cfg.dtype}) at batch {batch_size}")
+
+
+# A state returned by this module's public calls fits their configs by construction, and its
+# position is known on the host. Remembering both per live state object lets the next call skip
+# the layout check and read no device value, so a wake step's host cost stays flat (a few us).
+# StreamState is immutable (``replace`` makes a new, unremembered object that is checked).
+_issued: dict[int, tuple] = {}
+
+
+def _issue(model_cfg, sleep_cfg, position, state):
+    """Remember ``state`` as fitting the configs at window ``position`` (None: not concrete)."""
+    if position is not None:
+        key = id(state)
+        forget = lambda _, key=key: _issued.pop(key, None)   # noqa: E731 (runs when state dies)
+        _issued[key] = (weakref.ref(state, forget), model_cfg, sleep_cfg, position)
+    return state
+
+
+def _checked_position(state, model_cfg, sleep_cfg):
+    """Check ``state`` against the configs; returns its position (None when traced)."""
+    entry = _issued.get(id(state))
+    if entry is not None and entry[0]() is state and entry[1] == model_cfg and entry[2] == sleep_cfg:
+        return entry[3]
+    _check_state(state, model_cfg, sleep_cfg)
+    return _concrete_position(state)
+
+
+def _concrete_position(state):
+    # np.asarray first: int() of a jax Array takes a slower path (6 us vs 1 us on CPU)
+    return None if isinstance(state.position, jax.core.Tracer) else int(np.asarray(state.position))
+
+
+def _advanced(position, tokens, sleep_cfg):
+    """The position after ``tokens`` more wake steps (sleeping when a window fills if
+    ``sleep_cfg`` is given; None stays None)."""
+    if position is None:
+        return None
+    return position + tokens if sleep_cfg is None else (position + tokens) % sleep_cfg.window
+
+
 # ----------------------------------------------------------------------------- public API
 
 def wake_step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -221,8 +256,11 @@ def wake_step(params, state: StreamState, token, *, model_cfg: ModelConfig, slee
     Requires ``state.position < L`` (a window that is not full); :func:`step` guarantees it by
     sleeping as soon as a window fills. Jit-compiled (configs are static).
     """
-    _check_token(token, state)
-    return _wake_step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    position = _checked_position(state, model_cfg, sleep_cfg)
+    check_stream_token(token, state.loop_input.shape[0], model_cfg.vocab_size)
+    check_open_window(position, sleep_cfg.window, "wake_step")
+    logits, state = _wake_step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    return logits, _issue(model_cfg, sleep_cfg, _advanced(position, 1, None), state)
 
 
 def sleep(params, state: StreamState, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig) -> StreamState:
@@ -230,10 +268,12 @@ def sleep(params, state: StreamState, *, model_cfg: ModelConfig, sleep_cfg: Slee
 
     Requires a full window (``state.position == L``); with N = 1 only the eviction happens.
     """
-    if not isinstance(state.position, jax.core.Tracer) and int(state.position) != sleep_cfg.window:
+    position = _checked_position(state, model_cfg, sleep_cfg)
+    if position is not None and position != sleep_cfg.window:
         raise ValueError(f"state.position: sleep needs a full window (position == window = "
-                         f"{sleep_cfg.window}), got position {int(state.position)}")
-    return _sleep_jit(params, state, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+                         f"{sleep_cfg.window}), got position {position}")
+    state = _sleep_jit(params, state, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    return _issue(model_cfg, sleep_cfg, None if position is None else 0, state)
 
 
 def step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -241,8 +281,11 @@ def step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg
 
     Returns ``(logits [B, vocab], state, slept)`` where ``slept`` is a bool scalar.
     """
-    _check_token(token, state)
-    return _step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    position = _checked_position(state, model_cfg, sleep_cfg)
+    check_stream_token(token, state.loop_input.shape[0], model_cfg.vocab_size)
+    check_open_window(position, sleep_cfg.window, "step")
+    logits, state, slept = _step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    return logits, _issue(model_cfg, sleep_cfg, _advanced(position, 1, sleep_cfg), state), slept
 
 
 def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -251,8 +294,13 @@ def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cf
     Returns ``(logits [B, T, vocab], state, slept [T] bool)``; ``slept[i]`` is True when a sleep
     fired right after token ``i``.
     """
-    _check_tokens(tokens, state, model_cfg)
-    return _feed_jit(params, state, jnp.asarray(tokens), model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    position = _checked_position(state, model_cfg, sleep_cfg)
+    check_stream_tokens(tokens, state.loop_input.shape[0], model_cfg.vocab_size)
+    check_open_window(position, sleep_cfg.window, "feed")
+    logits, state, slept = _feed_jit(params, state, jnp.asarray(tokens), model_cfg=model_cfg,
+                                     sleep_cfg=sleep_cfg)
+    position = _advanced(position, tokens.shape[1], sleep_cfg)
+    return logits, _issue(model_cfg, sleep_cfg, position, state), slept
 
 
 def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -264,13 +312,12 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
     steps. Returns ``(logits [B, T, vocab], state, slept [T] bool)`` like :func:`feed`.
     ``state.position`` must be concrete (not traced): it decides where windows start.
     """
-    _check_tokens(tokens, state, model_cfg)
-    if isinstance(state.position, jax.core.Tracer):
+    if isinstance(getattr(state, "position", None), jax.core.Tracer):
         raise ValueError("state.position: prefill needs a concrete position (call it outside jit)")
-    window, position = sleep_cfg.window, int(state.position)
-    if not 0 <= position < window:
-        raise ValueError(f"state.position: must be in [0, window = {window}) (a full window "
-                         f"must sleep first, see `sleep`), got {position}")
+    position = _checked_position(state, model_cfg, sleep_cfg)
+    check_stream_tokens(tokens, state.loop_input.shape[0], model_cfg.vocab_size)
+    check_open_window(position, sleep_cfg.window, "prefill")
+    window = sleep_cfg.window
     tokens = jnp.asarray(tokens)
     total = tokens.shape[1]
     head = min(total, (window - position) % window)               # finish the open window
@@ -289,6 +336,7 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
                                       sleep_cfg=sleep_cfg)
         pieces.append((out, np.asarray(slept)))
     logits, slept = zip(*pieces)
+    state = _issue(model_cfg, sleep_cfg, _advanced(position, total, sleep_cfg), state)
     return jnp.concatenate(logits, axis=1), state, jnp.asarray(np.concatenate(slept))
 
 
@@ -304,7 +352,7 @@ def generate(params, prompt, max_new_tokens: int, *, model_cfg: ModelConfig, sle
 
     ``temperature == 0`` is greedy; otherwise ``rng`` is required. Sleeps fire automatically
     whenever a window fills, during the prompt and during generation. ``state`` continues an
-    earlier stream (default: a fresh one).
+    earlier stream (default: a fresh one); it is checked against the configs like every call's.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
             or max_new_tokens < 0:
@@ -318,10 +366,12 @@ def generate(params, prompt, max_new_tokens: int, *, model_cfg: ModelConfig, sle
         state = init_state(model_cfg, sleep_cfg, prompt.shape[0] if prompt.ndim == 2 else 1)
     logits, state, slept_prompt = prefill(params, state, prompt, model_cfg=model_cfg,
                                           sleep_cfg=sleep_cfg)
+    position = _checked_position(state, model_cfg, sleep_cfg)     # known: prefill returned it
     rng = jax.random.PRNGKey(0) if rng is None else rng
     new_tokens, state, slept_new, _ = _generate_loop_jit(
         params, state, logits[:, -1], rng, model_cfg=model_cfg, sleep_cfg=sleep_cfg,
         max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+    state = _issue(model_cfg, sleep_cfg, _advanced(position, max_new_tokens, sleep_cfg), state)
     slept = np.concatenate([np.asarray(slept_prompt), np.asarray(slept_new)])
     return GenerateResult(tokens=jnp.concatenate([prompt.astype(jnp.int32), new_tokens], axis=1),
                           sleep_positions=[int(i) for i in np.flatnonzero(slept)], state=state)

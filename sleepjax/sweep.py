@@ -1,105 +1,179 @@
-"""The ablation over the number of sleep passes N: train each N, evaluate, tabulate, plot.
+"""The ablation over the number of sleep passes N, over seeds: train, evaluate, tabulate, plot.
 
     python -m sleepjax.sweep --config=experiments/rule110.py:tiny --workdir=runs/sweep
 
-trains every N of the config file's ``get_sweep()`` (or ``--passes=1,2``) in
-``<workdir>/N<n>``, then writes ``accuracy_vs_passes.json``, ``accuracy_vs_passes.md`` (the
-table, also printed), ``accuracy_vs_passes.png``, ``accuracy_vs_tokens.png`` and
-``accuracy_vs_difficulty.png``. Each run
-resumes from its own checkpoints, so an interrupted sweep continues where it stopped.
-In a multi-host job every process runs the sweep; only the primary one writes these files.
+trains every point ``(N, seed)`` -- N from the config file's ``get_sweep()`` (or ``--passes``),
+seeds from its ``get_seeds()`` (or ``--seeds``; else ``train.seed``) -- in
+``<workdir>/passes<N>_seed<s>``, evaluates each trained model also with other numbers of sleep
+passes N' (``--eval_passes``; default: every N of the sweep and twice the largest), then writes
+
+* ``accuracy_vs_passes.{json,md}``: per N the mean +- std over seeds of the exact-match
+  accuracy (overall and per difficulty) and of the answer loss, every seed's value, the wall
+  time, and the task's chance / always-majority baselines (from the test split); the
+  train-N x eval-N' table;
+* ``accuracy_vs_tokens.png`` (mean over seeds with a min-max band; baselines drawn),
+  ``accuracy_vs_passes.png``, ``accuracy_vs_difficulty.png``, ``loss_vs_tokens.png`` (one panel
+  per difficulty: the paper's Fig. 3 is Depo's test loss per k) and ``cross_eval.png``.
+
+A finished point leaves ``point.json`` in its directory and is never trained again on a rerun
+(its stored results are used); an interrupted one resumes from its own checkpoints. In a
+multi-host job every process runs the sweep; only the primary one writes the sweep's files.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Mapping, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from sleepjax import data
 from sleepjax.parallel import multihost as partitioning
-from sleepjax.training import plots
-from sleepjax.training.checkpointing import ConfigMismatchError
-from sleepjax.training.config import apply_overrides, load_config_module
+from sleepjax.training import cli, plots, stats
+from sleepjax.training.baselines import task_baselines
+from sleepjax.training.checkpointing import load_params
+from sleepjax.training.config import (apply_overrides, flatten_config, load_config_module,
+                                      validate_config)
+from sleepjax.training.cross_eval import evaluate_at_passes
 from sleepjax.training.evaluate import write_json
 from sleepjax.training import logging as run_logging
-from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
+from sleepjax.training.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file with variant, e.g. experiments/rule110.py:tiny",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep output directory (one sub-workdir per N).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep output directory (one sub-workdir per point).")
 _PASSES = flags.DEFINE_list("passes", None, "Override the sweep: comma-separated N values.")
+_SEEDS = flags.DEFINE_list("seeds", None, "Comma-separated seeds (train.seed: init and data "
+                           "order); default: the config file's get_seeds(), else train.seed.")
+_EVAL_PASSES = flags.DEFINE_list(
+    "eval_passes", None, "N' values every trained model is also evaluated with; default: every "
+    "N of the sweep and twice the largest; 'none' disables.")
+
+_ALLOW_SCHEDULE_CHANGE = flags.DEFINE_bool("allow_schedule_change", False,
+                                           cli.ALLOW_SCHEDULE_CHANGE_HELP)
+
+POINT_FILE = "point.json"
+
+
+def _parse_ints(flag: str, texts: Sequence[str], minimum: int) -> list[int]:
+    values = []
+    for text in texts:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"--{flag}: expected comma-separated ints (got {text!r})") from None
+        if value < minimum:
+            raise ValueError(f"--{flag}: every value must be >= {minimum} (got {value})")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise ValueError(f"--{flag}: values repeat (got {values})")
+    return values
+
+
+def _config_module(config_path: str | None):
+    return load_config_module(config_path.partition(":")[0]) if config_path else None
 
 
 def sweep_points(config_path: str | None, passes: Sequence[str] | None) -> list[dict]:
-    """The runs of the sweep: ``--passes`` if given, else the config file's ``get_sweep()``."""
+    """The settings of the sweep: ``--passes`` if given, else the config file's ``get_sweep()``."""
     if passes:
-        values = []
-        for text in passes:
-            try:
-                value = int(text)
-            except ValueError:
-                raise ValueError(f"--passes: expected comma-separated ints (got {text!r})") from None
-            if value < 1:
-                raise ValueError(f"--passes: every N must be >= 1 (got {value})")
-            values.append(value)
-        return [{"sleep.passes": n} for n in values]
-    config_path = config_path.partition(":")[0]        # drop a ":variant" suffix
-    module = load_config_module(config_path)
-    if not hasattr(module, "get_sweep"):
+        return [{"sleep.passes": n} for n in _parse_ints("passes", passes, 1)]
+    module = _config_module(config_path)
+    if module is None or not hasattr(module, "get_sweep"):
         raise ValueError(f"--config: {config_path} has no get_sweep(); pass --passes")
     return list(module.get_sweep())
 
 
-def format_table(rows: Sequence[Mapping], difficulty_name: str) -> str:
-    """Markdown table: one row per N; accuracy per difficulty and overall, loss, wall time."""
-    levels = sorted({k for r in rows for k in r["accuracy"] if k != "all"}, key=int)
-    header = (["N"] + [f"acc {difficulty_name}={k}" for k in levels]
-              + ["acc all", "eval loss", "final train loss", "tokens", "wall time (s)"])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = ([str(r["passes"])] + [f"{r['accuracy'].get(k, float('nan')):.3f}" for k in levels]
-                 + [f"{r['accuracy']['all']:.3f}", f"{r['eval_loss']:.4f}",
-                    f"{r['final_train_loss']:.4f}", f"{r['tokens_seen']:,}",
-                    f"{r['wall_time_s']:.0f}"])
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def sweep_seeds(config_path: str | None, seeds: Sequence[str] | None, cfg) -> list[int]:
+    """``--seeds`` if given, else the config file's ``get_seeds()``, else ``[train.seed]``."""
+    if seeds:
+        return _parse_ints("seeds", seeds, 0)
+    module = _config_module(config_path)
+    if module is not None and hasattr(module, "get_seeds"):
+        return [int(s) for s in module.get_seeds()]
+    return [int(cfg.train.seed)]
 
 
-def run_sweep(cfg, workdir: str, points: Sequence[Mapping]) -> dict:
-    """Train every sweep point (``{"sleep.passes": N, ...}`` overrides of ``cfg``); write outputs.
+def default_eval_passes(settings: Sequence[Mapping], cfg) -> list[int]:
+    """Every N of the sweep and twice the largest (does a model use passes it never trained with?)."""
+    trained = {int(s.get("sleep.passes", cfg.sleep.passes)) for s in settings}
+    return sorted(trained | {2 * max(trained)})
 
-    Returns ``{"rows": [...], "table": str}``.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    rows, histories, finals = [], {}, {}
-    difficulty_name = "difficulty"
-    started = time.perf_counter()
-    for point in points:
-        run_cfg = apply_overrides(cfg, point)
-        passes = int(run_cfg.sleep.passes)
-        name = "_".join(f"{k.split('.')[-1]}{v}" for k, v in point.items()) or f"passes{passes}"
-        run_dir = os.path.join(workdir, name)
-        result = train_and_evaluate(run_cfg, run_dir)
+
+def point_name(setting: Mapping, seed: int) -> str:
+    name = "_".join(f"{k.split('.')[-1]}{v}" for k, v in setting.items()) or "base"
+    return f"{name}_seed{seed}"
+
+
+def _read_point(run_dir: str, flat_cfg: Mapping) -> dict | None:
+    """The stored result of a finished point, if it was made with this exact config."""
+    path = os.path.join(run_dir, POINT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        point = json.load(f)
+    return point if point.get("config") == flat_cfg else None
+
+
+def run_point(cfg, run_dir: str, setting: Mapping, seed: int, eval_passes: Sequence[int], *,
+              allow_schedule_change: bool = False) -> dict:
+    """Train (or reuse) one point and evaluate it at every N' of ``eval_passes``."""
+    flat = json.loads(json.dumps(flatten_config(cfg)))   # JSON-normalised, as stored
+    point = _read_point(run_dir, flat)
+    if point is None:
+        result = train_and_evaluate(cfg, run_dir, allow_schedule_change=allow_schedule_change)
         final = result["final_eval"]
-        difficulty_name = result["difficulty_name"]
-        rows.append({"passes": passes, "run": name, "overrides": dict(point),
-                     "accuracy": final["accuracy"], "examples": final["examples"],
-                     "eval_loss": final["loss"], "tokens_seen": final["tokens_seen"],
-                     "final_train_loss": _final_train_loss(result, run_dir),
-                     "wall_time_s": result["wall_time_s"]})
-        histories[passes] = result["history"]
-        finals[passes] = final["accuracy"]
-    table = format_table(rows, difficulty_name)
+        point = {"config": flat, "setting": dict(setting), "seed": seed,
+                 "passes": int(cfg.sleep.passes), "final_eval": final,
+                 "history": result["history"],
+                 "final_train_loss": _final_train_loss(result, run_dir),
+                 "wall_time_s": float(result["total_wall_time_s"]),   # across resumes
+                 "cross_eval": {}}
+        params = result["params"]
+    else:
+        params = None
+    missing = [n for n in eval_passes if str(n) not in point["cross_eval"]]
+    if missing:
+        if params is None:
+            params = load_params(run_dir).params
+        point["cross_eval"].update(evaluate_at_passes(cfg, params, missing))
+    if run_logging.is_primary_process():
+        write_json(os.path.join(run_dir, POINT_FILE), point)
+    return point
+
+
+def run_sweep(cfg, workdir: str, settings: Sequence[Mapping], seeds: Sequence[int],
+              eval_passes: Sequence[int] = (), *, allow_schedule_change: bool = False) -> dict:
+    """Train every ``(setting, seed)``; write the sweep's tables and plots.
+
+    ``settings`` are dotted-key overrides of ``cfg`` (``{"sleep.passes": N}``); ``seeds`` set
+    ``train.seed``; ``allow_schedule_change`` is passed to every ``train_and_evaluate``.
+    Returns ``{"points": [...], "summary": {...}, "table": str}``.
+    """
+    if not seeds:
+        raise ValueError("--seeds: at least one seed is needed")
+    os.makedirs(workdir, exist_ok=True)
+    started = time.perf_counter()
+    rc = validate_config(cfg)
+    test_source = data.make_source(rc.task, "test", rc.train.seed)
+    baselines = task_baselines(test_source, rc.train.eval_examples)
+    points = []
+    for setting in settings:
+        for seed in seeds:
+            run_cfg = apply_overrides(cfg, {**setting, "train.seed": int(seed)})
+            run_dir = os.path.join(workdir, point_name(setting, seed))
+            points.append(run_point(run_cfg, run_dir, setting, int(seed), eval_passes,
+                                    allow_schedule_change=allow_schedule_change))
+    summary = stats.summarize(points, baselines, test_source.difficulty_name)
+    table = stats.format_report(summary)
     if run_logging.is_primary_process():   # the only host that writes the sweep's files
-        _write_sweep_outputs(workdir, rows, table, histories, finals, difficulty_name,
-                             time.perf_counter() - started)
-    return {"rows": rows, "table": table}
+        summary["sweep_wall_time_s"] = time.perf_counter() - started
+        _write_sweep_outputs(workdir, points, summary, table)
+    return {"points": points, "summary": summary, "table": table}
 
 
 def _final_train_loss(result: Mapping, run_dir: str) -> float:
@@ -115,17 +189,13 @@ def _final_train_loss(result: Mapping, run_dir: str) -> float:
     return losses[-1] if losses else float("nan")
 
 
-def _write_sweep_outputs(workdir, rows, table, histories, finals, difficulty_name,
-                         wall_time_s) -> None:
+def _write_sweep_outputs(workdir: str, points, summary, table: str) -> None:
     write_json(os.path.join(workdir, "accuracy_vs_passes.json"),
-               {"difficulty_name": difficulty_name, "rows": rows, "total_wall_time_s": wall_time_s})
+               {**summary, "points": [{k: v for k, v in p.items() if k != "config"}
+                                      for p in points]})
     with open(os.path.join(workdir, "accuracy_vs_passes.md"), "w") as f:
         f.write(table + "\n")
-    plots.plot_accuracy_vs_passes(finals, os.path.join(workdir, "accuracy_vs_passes.png"),
-                                  difficulty_name=difficulty_name)
-    plots.plot_accuracy_vs_tokens(histories, os.path.join(workdir, "accuracy_vs_tokens.png"))
-    plots.plot_accuracy_vs_difficulty(finals, os.path.join(workdir, "accuracy_vs_difficulty.png"),
-                                      difficulty_name=difficulty_name)
+    plots.plot_sweep(summary, workdir)
 
 
 def main(argv) -> int:
@@ -133,23 +203,32 @@ def main(argv) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
+    cli.quiet_library_logs()
     # Join a multi-host job first (a no-op for one process): see sleepjax.partitioning.
     partitioning.initialize_distributed()
+    return cli.run_reporting_errors(_sweep_and_report)
+
+
+def _sweep_and_report() -> int:
     started = time.perf_counter()
-    try:
-        points = sweep_points(config_flags.get_config_filename(flags.FLAGS["config"]), _PASSES.value)
-        result = run_sweep(_CONFIG.value, _WORKDIR.value, points)
-    except (ConfigMismatchError, NonFiniteError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    settings = sweep_points(config_path, _PASSES.value)
+    seeds = sweep_seeds(config_path, _SEEDS.value, _CONFIG.value)
+    if _EVAL_PASSES.value == ["none"]:
+        eval_passes = []
+    elif _EVAL_PASSES.value:
+        eval_passes = _parse_ints("eval_passes", _EVAL_PASSES.value, 1)
+    else:
+        eval_passes = default_eval_passes(settings, _CONFIG.value)
+    result = run_sweep(_CONFIG.value, _WORKDIR.value, settings, seeds, eval_passes,
+                       allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)
     print(result["table"])
     if run_logging.is_primary_process():
-        print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md,png}}, "
-              f"accuracy_vs_tokens.png, accuracy_vs_difficulty.png; "
-              f"total wall time {time.perf_counter() - started:.0f} s")
+        print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md}} and plots; "
+              f"this invocation's wall time {time.perf_counter() - started:.0f} s")
     return 0
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=cli.make_flags_parser())

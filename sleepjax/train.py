@@ -6,20 +6,22 @@
 Any config field can be overridden on the command line (``--config.<section>.<key>=value``);
 an unknown key or a wrong type fails before anything runs. Rerunning the same command in the
 same workdir resumes from its latest checkpoint; a workdir holding a checkpoint of a different
-config is refused, naming the fields that differ.
+config is refused, naming the fields that differ, and so is a changed ``train.steps`` unless
+``--allow_schedule_change`` is given. A workdir in use by another run is refused. Ctrl-C stops
+after the current step with a checkpoint (exit 130). Library logs are at WARNING unless
+``--verbosity`` is given; errors are one ``error: ...`` line (exit 1).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from sleepjax.parallel import multihost as partitioning
-from sleepjax.training.checkpointing import ConfigMismatchError
-from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
+from sleepjax.training import cli
+from sleepjax.training.trainer import train_and_evaluate
 
 __all__ = ["train_and_evaluate", "main"]
 
@@ -31,6 +33,8 @@ _CACHE = flags.DEFINE_string(
     "compilation_cache_dir", None,
     "Optional JAX persistent compilation cache directory: reruns of the same config skip XLA "
     "compilation.")
+_ALLOW_SCHEDULE_CHANGE = flags.DEFINE_bool("allow_schedule_change", False,
+                                           cli.ALLOW_SCHEDULE_CHANGE_HELP)
 
 
 def main(argv) -> int:
@@ -38,23 +42,26 @@ def main(argv) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
+    cli.quiet_library_logs()
     # Join a multi-host job first (a no-op for one process): see sleepjax.partitioning.
     partitioning.initialize_distributed()
     if _CACHE.value:
         import jax
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)
-    try:
-        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigMismatchError, NonFiniteError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return cli.run_reporting_errors(_train_and_report)
+
+
+def _train_and_report() -> int:
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)
     final = result["final_eval"]
     print(json.dumps({"step": final["step"], "tokens_seen": final["tokens_seen"],
                       "loss": final["loss"], "accuracy": final["accuracy"],
-                      "wall_time_s": round(result["wall_time_s"], 1)}))
+                      "wall_time_s": round(result["wall_time_s"], 1),
+                      "total_wall_time_s": round(result["total_wall_time_s"], 1)}))
     return 0
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=cli.make_flags_parser())

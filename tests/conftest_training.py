@@ -54,3 +54,37 @@ def enable_compilation_cache(directory: str):
             jax.config.update(name, value)
 
     return undo
+
+
+def write_tiny_config_file(path, **overrides) -> str:
+    """An experiment file returning ``tiny_config(**overrides)``, for CLI subprocesses
+    (``--config=<path>``); returns ``path``."""
+    with open(path, "w") as f:
+        f.write("import sys\n"
+                f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+                "from conftest_training import tiny_config\n\n\n"
+                "def get_config(arg=None):\n"
+                f"    cfg = tiny_config(**{overrides!r})\n"
+                "    cfg.lock()\n"
+                "    return cfg\n")
+    return str(path)
+
+
+def tensorboard_records(logdir: str) -> list[tuple[str, int]]:
+    """Every ``(tag, step)`` scalar record of the event files in ``logdir`` (TFRecord framing:
+    8-byte length, 4-byte CRC, the Event proto, 4-byte CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    records = []
+    for name in sorted(os.listdir(logdir)):
+        with open(os.path.join(logdir, name), "rb") as f:
+            raw = f.read()
+        position = 0
+        while position + 12 <= len(raw):
+            (length,) = struct.unpack("<Q", raw[position:position + 8])
+            event = event_pb2.Event.FromString(raw[position + 12:position + 12 + length])
+            position += 12 + length + 4
+            records += [(value.tag, int(event.step)) for value in event.summary.value]
+    return records

@@ -90,3 +90,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(compile_cache, tmp
     with Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False) as ck:
         assert ck.latest_step() == failed_step - 1 >= 1
         assert f"step {ck.latest_step()}" in message
+
+    # Resumed, the same step fails right after the restore: the restored checkpoint is named
+    # as suspect, not as the last good one.
+    with pytest.raises(NonFiniteError) as again:
+        train_and_evaluate(cfg, workdir)
+    message = str(again.value)
+    assert f"step {failed_step}: non-finite" in message
+    assert f"first step after restoring checkpoint step {failed_step - 1}" in message
+    assert "Last good checkpoint" not in message

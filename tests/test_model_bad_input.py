@@ -99,3 +99,115 @@ def test_streaming_inputs():
     with pytest.raises(ValueError, match="rng"):
         inference.generate(params, tokens(3), 2, model_cfg=model_cfg, sleep_cfg=sleep_cfg,
                            temperature=1.0)
+
+
+# ----------------------------------------------------------------------------- streaming state
+
+def _streaming(**sleep_overrides):
+    model_cfg, sleep_cfg = model_config(), sleep_config(**sleep_overrides)
+    return params_for(model_cfg), model_cfg, sleep_cfg, inference.init_state(model_cfg, sleep_cfg, BATCH)
+
+
+@pytest.mark.parametrize("bad_id", [-1, VOCAB])
+@pytest.mark.parametrize("call", ["wake_step", "step"])
+def test_single_token_ids_outside_the_vocabulary(call, bad_id):
+    params, model_cfg, sleep_cfg, state = _streaming()
+    token = np.array([1, bad_id], np.int32)
+    with pytest.raises(ValueError, match=r"token: ids must lie in \[0, vocab_size=11\)"):
+        getattr(inference, call)(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+
+
+def test_wake_step_past_the_window_end_is_refused():
+    params, model_cfg, sleep_cfg, state = _streaming()
+    for i in range(WINDOW):                                   # fill the window without sleeping
+        _, state = inference.wake_step(params, state, jnp.full((BATCH,), i, jnp.int32),
+                                       model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    token = jnp.zeros((BATCH,), jnp.int32)
+    for call in ("wake_step", "step"):
+        with pytest.raises(ValueError, match=r"state.position: the window is full \(position 4 =="
+                                             r" window 4\); call inference.sleep"):
+            getattr(inference, call)(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    with pytest.raises(ValueError, match="state.position: the window is full"):
+        inference.feed(params, state, tokens(3), model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    state = inference.sleep(params, state, model_cfg=model_cfg, sleep_cfg=sleep_cfg)   # the remedy
+    _, state = inference.wake_step(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    assert int(state.position) == 1
+    with pytest.raises(ValueError, match=r"state.position: must be in \[0, window = 4\)"):
+        inference.wake_step(params, state.replace(position=jnp.int32(WINDOW + 3)), token,
+                            model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+
+
+def _every_call(params, state, model_cfg, sleep_cfg):
+    """Each public streaming call on ``state`` (a lambda per call, token batch from the state)."""
+    batch = state.loop_input.shape[0]
+    token, block = jnp.zeros((batch,), jnp.int32), np.zeros((batch, 3), np.int32)
+    kw = dict(model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    return {"wake_step": lambda: inference.wake_step(params, state, token, **kw),
+            "step": lambda: inference.step(params, state, token, **kw),
+            "feed": lambda: inference.feed(params, state, block, **kw),
+            "prefill": lambda: inference.prefill(params, state, block, **kw),
+            "sleep": lambda: inference.sleep(params, state, **kw),
+            "generate": lambda: inference.generate(params, block, 1, state=state, **kw)}
+
+
+@pytest.mark.parametrize("built_for,match", [
+    (dict(window=2 * WINDOW), r"state: built for window L=8 \(loop_input \(2, 8, 32\)\), but "
+                              r"sleep_cfg.window = 4"),
+    (dict(eviction="sliding"),
+     r"state: its entries do not match .*unexpected \[\"state\.prev_kv\['blocks_0'\]\[0\]"),
+    (dict(model=dict(layer_pattern="AGG")),
+     r"state: its entries do not match .*missing \[\"state\.conv_cache\['blocks_3'\]"),
+    (dict(model=dict(dtype="bfloat16")),
+     r"state\.conv_cache\['blocks_1'\]\['k'\]: shape \(2, 2, 16\) bfloat16, but model_cfg / "
+     r"sleep_cfg .* needs \(2, 2, 16\) float32"),
+])
+def test_a_state_built_for_other_configs_is_refused_by_every_call(built_for, match):
+    params, model_cfg, sleep_cfg, _ = _streaming()
+    other_model = model_config(**built_for.pop("model", {}))
+    other = inference.init_state(other_model, sleep_config(**built_for), BATCH)
+    for call, run in _every_call(params, other, model_cfg, sleep_cfg).items():
+        with pytest.raises(ValueError, match=match):
+            run()
+
+
+def test_a_state_mixing_batch_sizes_names_the_leaf():
+    params, model_cfg, sleep_cfg, state = _streaming()
+    other = inference.init_state(model_cfg, sleep_cfg, BATCH + 1)
+    mixed = state.replace(fast_weights=other.fast_weights)
+    for call, run in _every_call(params, mixed, model_cfg, sleep_cfg).items():
+        with pytest.raises(ValueError, match=r"state\.fast_weights\['blocks_1'\]: shape \(3, 2, 8, 8\)"
+                                             r" float32, but .* at batch 2 needs \(2, 2, 8, 8\)"):
+            run()
+    # a whole state of another batch is consistent: the token batch must then match it
+    with pytest.raises(ValueError, match=r"token: must have shape \[batch=3\]"):
+        inference.wake_step(params, other, jnp.zeros((BATCH,), jnp.int32), model_cfg=model_cfg,
+                            sleep_cfg=sleep_cfg)
+    with pytest.raises(ValueError, match="state: must be a StreamState"):
+        inference.step(params, {"position": 0}, jnp.zeros((BATCH,), jnp.int32),
+                       model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+
+
+def test_the_position_known_on_the_host_follows_every_call():
+    # the public calls remember each state they return (with its position) to skip re-checking
+    # it; that record must agree with the device value after every kind of call
+    params, model_cfg, sleep_cfg, state = _streaming(passes=2)
+    kw = dict(model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    token = jnp.ones((BATCH,), jnp.int32)
+    calls = [lambda s: inference.wake_step(params, s, token, **kw)[1],
+             lambda s: inference.step(params, s, token, **kw)[1],
+             lambda s: inference.feed(params, s, tokens(3), **kw)[1],
+             lambda s: inference.prefill(params, s, tokens(6), **kw)[1],
+             lambda s: inference.generate(params, tokens(3), 2, state=s, **kw).state]
+    for call in calls + calls[::-1]:
+        state = call(state)
+        assert inference._checked_position(state, model_cfg, sleep_cfg) == int(state.position)
+    while int(state.position) < WINDOW:
+        state = inference.wake_step(params, state, token, **kw)[1]
+    with pytest.raises(ValueError, match="state.position: the window is full"):
+        inference.step(params, state, token, **kw)
+    state = inference.sleep(params, state, **kw)
+    assert inference._checked_position(state, model_cfg, sleep_cfg) == int(state.position) == 0
+    # a returned state is still checked against other configs
+    with pytest.raises(ValueError, match=r"state: built for window L=4 .* sleep_cfg.window = 8"):
+        inference.wake_step(params, state, token, model_cfg=model_cfg,
+                            sleep_cfg=sleep_config(passes=2, window=2 * WINDOW))

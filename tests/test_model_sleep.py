@@ -12,16 +12,20 @@ from conftest_model import (BATCH, VOCAB, WINDOW, forward, max_rel_err, model_co
                             sleep_config, tokens)
 from sleepjax.models import SleepLM, forward_sequence, init_params, masked_cross_entropy
 from sleepjax.models import layers
-from sleepjax.models.sleep_lm import block_name, sleep_passes
+from sleepjax.models.attention import attention
+from sleepjax.models.blocks import block_name
+from sleepjax.models.gated_deltanet import GDNCache, gated_deltanet
+from sleepjax.models.sleep_lm import sleep_passes
 
 
 def _block(params, i, h, fast, cfg):
     p = params[block_name(i)]
     x = layers.rms_norm(h, p["mixer_norm"]["scale"], cfg.norm_eps)
     if cfg.layer_pattern[i] == "A":
-        out, _ = layers.attention_window(p["attn"], x, cfg)
+        out, _ = attention(p["attn"], x, None, 0, cfg)
     else:
-        out, fast[block_name(i)] = layers.gdn_window(p["gdn"], x, fast[block_name(i)], cfg)
+        out, cache = gated_deltanet(p["gdn"], x, GDNCache(fast[block_name(i)]), 0, cfg)
+        fast[block_name(i)] = cache.fast_weights
     h = h + out
     return h + layers.mlp(p["mlp"], layers.rms_norm(h, p["mlp_norm"]["scale"], cfg.norm_eps), cfg)
 

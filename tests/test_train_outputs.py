@@ -26,7 +26,8 @@ from sleepjax.training.trainer import train_and_evaluate
 from conftest_training import enable_compilation_cache, tiny_config
 
 STEPS = 2
-HOST_FILES = {"config.json", "config.txt", "tensorboard", "train_log.jsonl", "eval.json"}
+HOST_FILES = {"config.json", "config.txt", "tensorboard", "train_log.jsonl", "eval.json",
+              "workdir.lock"}
 
 
 def _config():
@@ -92,13 +93,17 @@ def test_non_primary_process_writes_only_checkpoints(primary_run, tmp_path, monk
 
     # The sweep over a finished run (resumes, trains nothing): no table / JSON / plots here...
     sweep_dir = tmp_path / "sweep"
-    shutil.copytree(primary_dir, sweep_dir / "passes1")
-    rows = run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}])["rows"]
-    assert rows[0]["accuracy"] == primary_result["final_eval"]["accuracy"]
-    assert os.listdir(sweep_dir) == ["passes1"]
+    seed = _config().train.seed
+    shutil.copytree(primary_dir, sweep_dir / f"passes1_seed{seed}")
+    points = run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}], [seed])["points"]
+    assert points[0]["final_eval"]["accuracy"] == primary_result["final_eval"]["accuracy"]
+    # Its wall time is the run's, saved with its last checkpoint; not the rerun's few seconds.
+    assert points[0]["wall_time_s"] == pytest.approx(primary_result["total_wall_time_s"], rel=0.2)
+    assert os.listdir(sweep_dir) == [f"passes1_seed{seed}"]
+    assert "point.json" not in os.listdir(sweep_dir / f"passes1_seed{seed}")
     # ... and all of them on the primary process.
     monkeypatch.setattr(run_logging, "is_primary_process", lambda: True)
-    run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}])
+    run_sweep(_config(), str(sweep_dir), [{"sleep.passes": 1}], [seed])
     assert {"accuracy_vs_passes.json", "accuracy_vs_passes.md", "accuracy_vs_passes.png",
             "accuracy_vs_tokens.png", "accuracy_vs_difficulty.png"} < set(os.listdir(sweep_dir))
 

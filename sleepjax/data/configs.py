@@ -51,13 +51,7 @@ def validate_task_config(task_cfg: Any) -> dict[str, Any]:
         if owners:
             raise ValueError(f"task.{key} is a {' / '.join(owners)} field but task.name is "
                              f"{name!r}; {name} fields are {sorted(module.FIELDS)}")
-        raise ValueError(f"task.{key}: unknown key for task {name!r}; known keys are "
-                         f"{['name'] + sorted(module.FIELDS)}")
-    checked = {"name": name}
-    for key, field in module.FIELDS.items():
-        checked[key] = F.coerce(key, field, values.get(key, field.default))
-    module.check(checked)
-    return checked
+    return F.validate_fields(name, module.FIELDS, module.check, values)
 
 
 def task_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:

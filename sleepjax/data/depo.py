@@ -91,6 +91,8 @@ class DepoSource(ProceduralSource):
     """Random-access source of Depo records (see the module docstring for the layout)."""
 
     task_name = NAME
+    fields = FIELDS
+    check_config = staticmethod(check)
     difficulty_name = DIFFICULTY_NAME
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
@@ -100,6 +102,7 @@ class DepoSource(ProceduralSource):
         self.seq_len = seq_len(cfg)
         self.window = default_window(cfg)
         self.eval_difficulties = tuple(cfg["eval_k"])
+        self.answer_choices = cfg["num_node_symbols"]   # an answer is one node name
         tok = self.tokenizer
         self._pad, self._arrow, self._comma = tok.id("<pad>"), tok.id("->"), tok.id(",")
         self._hops, self._after, self._colon = tok.id("hops"), tok.id("after"), tok.id(":")

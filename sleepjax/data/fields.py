@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -57,3 +57,19 @@ def coerce(key: str, field: Field, value: Any) -> Any:
 def require(condition: bool, key: str, message: str, value: Any) -> None:
     if not condition:
         raise fail(key, message, value)
+
+
+def validate_fields(name: str, fields: Mapping[str, Field], check: Callable[[dict], None],
+                    values: Mapping[str, Any]) -> dict[str, Any]:
+    """A task config as a plain dict: ``name`` plus every field (defaults filled in), each
+    type-checked, then the task's cross-field ``check``. Raises ValueError naming ``task.<key>``
+    for an unknown key, a wrong type or an impossible value."""
+    for key in sorted(values):
+        if key != "name" and key not in fields:
+            raise ValueError(f"task.{key}: unknown key for task {name!r}; known keys are "
+                             f"{['name'] + sorted(fields)}")
+    checked = {"name": name}
+    for key, field in fields.items():
+        checked[key] = coerce(key, field, values.get(key, field.default))
+    check(checked)
+    return checked

@@ -205,6 +205,8 @@ class GsmSource(ProceduralSource):
     """Random-access source of GSM-style records (see the module docstring for the layout)."""
 
     task_name = NAME
+    fields = FIELDS
+    check_config = staticmethod(check)
     difficulty_name = DIFFICULTY_NAME
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
@@ -214,6 +216,7 @@ class GsmSource(ProceduralSource):
         self.seq_len = seq_len(cfg)
         self.window = default_window(cfg)
         self.eval_difficulties = tuple(cfg["eval_ops"])
+        self.answer_choices = cfg["max_value"] + 1      # an answer is a value in [0, max_value]
         self.word_ids = {token: i for i, token in enumerate(self.tokenizer.tokens)}
 
     def _draw(self, numpy_rng: np.random.Generator, split: str) -> tuple[bytes, dict[str, Any]]:

@@ -98,6 +98,8 @@ class Rule110Source(ProceduralSource):
     """Random-access source of Rule 110 records (see the module docstring for the layout)."""
 
     task_name = NAME
+    fields = FIELDS
+    check_config = staticmethod(check)
     difficulty_name = DIFFICULTY_NAME
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
@@ -107,6 +109,8 @@ class Rule110Source(ProceduralSource):
         self.seq_len = seq_len(cfg)
         self.window = default_window(cfg)
         self.eval_difficulties = (cfg["t"],)
+        # An answer is the num_states label bits together: uniform guessing is right 1 in 2^S.
+        self.answer_choices = 2 ** cfg["num_states"]
         self._query_id = self.tokenizer.id("?")
 
     def _draw(self, rng: np.random.Generator, split: str) -> tuple[bytes, np.ndarray]:

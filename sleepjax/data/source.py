@@ -25,9 +25,11 @@ import abc
 import dataclasses
 import hashlib
 import operator
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from sleepjax.data import fields as F
 
 SPLITS = ("train", "test")
 # A rejection loop that fails this often means the example space is too small to split.
@@ -97,13 +99,17 @@ def _check_split_and_seed(split: Any, seed: Any) -> None:
 class ProceduralSource(abc.ABC):
     """Base class of the task sources: a grain ``RandomAccessDataSource`` of generated records.
 
-    Subclasses set the task attributes (``tokenizer``, ``seq_len``, ``window``,
+    Subclasses name their config (``task_name``, ``fields``, ``check_config``: validated here, so
+    a source built directly is checked like one from ``make_source``), set the task attributes
+    (``tokenizer``, ``seq_len``, ``window``,
     ``difficulty_name``, ``eval_difficulties``) in ``__init__`` and implement ``_draw`` (the part
     of an example that decides its split, so rejected draws stay cheap) and ``_complete``. The
     source is picklable (grain worker processes).
     """
 
     task_name: str            # the task.name this source generates
+    fields: Mapping[str, F.Field]             # the task config's fields (its module's FIELDS)
+    check_config: Callable[[dict], None]      # the task's cross-field check
     tokenizer: Any
     seq_len: int
     window: int
@@ -111,13 +117,12 @@ class ProceduralSource(abc.ABC):
     eval_difficulties: tuple[int, ...]
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
-        from sleepjax.data.configs import validate_task_config   # configs imports the tasks
-
         _check_split_and_seed(split, seed)
-        self.task_cfg = validate_task_config(task_cfg)
-        if self.task_cfg["name"] != self.task_name:
+        values = dict(task_cfg.items())
+        if values.get("name") != self.task_name:
             raise ValueError(f"task.name: {type(self).__name__} generates {self.task_name!r} "
-                             f"records (got {self.task_cfg['name']!r})")
+                             f"records (got {values.get('name')!r})")
+        self.task_cfg = F.validate_fields(self.task_name, self.fields, self.check_config, values)
         self.split = split
         self.seed = int(seed)
         self._split_id = SPLITS.index(split)

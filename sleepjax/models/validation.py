@@ -31,13 +31,72 @@ def validate_tokens(tokens, vocab_size: int, mask=None):
         mask_shape = tuple(getattr(mask, "shape", np.shape(mask)))
         if mask_shape != shape:
             raise ValueError(f"mask: shape {mask_shape} differs from the shape of tokens {shape}")
-    if _is_concrete(tokens):
-        values = np.asarray(tokens)
+    check_token_ids("tokens", tokens, vocab_size)
+
+
+def check_token_ids(name: str, tokens, vocab_size: int):
+    """When ``tokens`` is concrete (not traced under jit), every id must lie in ``[0, vocab_size)``."""
+    if not _is_concrete(tokens):
+        return
+    values = np.asarray(tokens)
+    if not values.size:
+        return
+    if values.size <= 256:                     # a decode step's few ids: Python is faster
+        ids = values.ravel().tolist()
+        lo, hi = min(ids), max(ids)
+    else:
         lo, hi = int(values.min()), int(values.max())
-        if lo < 0 or hi >= vocab_size:
-            bad = values[(values < 0) | (values >= vocab_size)]
-            raise ValueError(f"tokens: ids must lie in [0, vocab_size={vocab_size}), found "
-                             f"{bad.size} outside (min {lo}, max {hi})")
+    if lo < 0 or hi >= vocab_size:
+        bad = values[(values < 0) | (values >= vocab_size)]
+        raise ValueError(f"{name}: ids must lie in [0, vocab_size={vocab_size}), found "
+                         f"{bad.size} outside (min {lo}, max {hi})")
+
+
+def tree_layout(abstract_tree):
+    """``(treedef, [(path, shape, dtype)], [(shape, dtype)])`` of a pytree of arrays or
+    ShapeDtypeStructs (the last list is what a matching tree's leaves compare equal to)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree)
+    expected = [(jax.tree_util.keystr(path), tuple(leaf.shape), np.dtype(leaf.dtype))
+                for path, leaf in leaves]
+    return treedef, expected, [(shape, dtype) for _, shape, dtype in expected]
+
+
+
+
+def _shape_and_dtype(leaf):
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return tuple(leaf.shape), leaf.dtype
+    value = np.asarray(leaf)
+    return value.shape, value.dtype
+
+
+def check_tree_shapes(name: str, tree, layout, expected_from):
+    """``tree`` has the structure, shapes and dtypes of ``layout`` (from :func:`tree_layout`).
+
+    Raises ValueError naming the first differing leaf as ``name<path>`` and what
+    ``expected_from()`` (e.g. the configs; a callable, formatted only on failure) needs
+    instead. Host-side: reads shapes only; the common case is one list comparison.
+    """
+    treedef, expected, signature = layout
+    leaves, got_def = jax.tree_util.tree_flatten(tree)
+    if got_def == treedef:
+        try:
+            if [(leaf.shape, leaf.dtype) for leaf in leaves] == signature:
+                return
+        except AttributeError:                 # a leaf that is not an array: the slow path says which
+            pass
+    expected_from = expected_from()
+    if got_def != treedef:
+        got_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        want_paths = {p for p, _, _ in expected}
+        raise ValueError(f"{name}: its entries do not match {expected_from}: missing "
+                         f"{[name + p for p in sorted(want_paths - got_paths)]}, unexpected "
+                         f"{[name + p for p in sorted(got_paths - want_paths)]}")
+    for leaf, (path, shape, dtype) in zip(leaves, expected):
+        got_shape, got_dtype = _shape_and_dtype(leaf)
+        if got_shape != shape or got_dtype != dtype:
+            raise ValueError(f"{name}{path}: shape {got_shape} {got_dtype}, but {expected_from} "
+                             f"needs {shape} {dtype}")
 
 
 def check_configs(model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -52,3 +111,37 @@ def check_configs(model_cfg: ModelConfig, sleep_cfg: SleepConfig):
             f"sleep.loop_range: blocks {start}..{end - 1} ({model_cfg.layer_pattern[start:end]!r}) "
             f"contain no 'G' block, so sleep passes could not change the fast weights "
             f"(got loop_range={sleep_cfg.loop_range!r}, passes={sleep_cfg.passes})")
+
+
+# ----------------------------------------------------------------------------- streaming calls
+
+def check_stream_token(token, batch: int, vocab_size: int):
+    """``token [batch]``: one integer id per stream, in the vocabulary when concrete."""
+    shape = tuple(getattr(token, "shape", ()))
+    if shape != (batch,):
+        raise ValueError(f"token: must have shape [batch={batch}] (one id per stream of the state), "
+                         f"got shape {shape}")
+    if not np.issubdtype(np.dtype(token.dtype), np.integer):
+        raise ValueError(f"token: must be integer ids, got dtype {token.dtype}")
+    check_token_ids("token", token, vocab_size)
+
+
+def check_stream_tokens(tokens, batch: int, vocab_size: int):
+    """``tokens [batch, T>=1]`` of integer ids, in the vocabulary when concrete."""
+    shape = tuple(getattr(tokens, "shape", ()))
+    if len(shape) != 2 or shape[0] != batch or shape[1] < 1:
+        raise ValueError(f"tokens: must have shape [batch={batch}, T>=1], got {shape}")
+    validate_tokens(tokens, vocab_size)
+
+
+def check_open_window(position, window: int, call: str):
+    """A wake step needs room in the window: ``0 <= position < window`` (None: traced, unchecked)."""
+    if position is None:
+        return
+    if position == window:
+        raise ValueError(f"state.position: the window is full (position {position} == window "
+                         f"{window}); call inference.sleep before {call} (step, feed and prefill "
+                         f"sleep by themselves when a window fills)")
+    if not 0 <= position < window:
+        raise ValueError(f"state.position: must be in [0, window = {window}) for {call}, "
+                         f"got {position}")

@@ -6,7 +6,12 @@ One orbax ``CheckpointManager`` step directory holds three items:
   state, step, RNG), written asynchronously when enabled;
 * ``data``   -- the grain iterator state (grain's own orbax handler, one file per process);
 * ``config`` -- the flattened experiment config as JSON, used to refuse resuming a workdir
-  with a different experiment.
+  with a different experiment;
+* ``progress`` -- JSON facts about the run up to that step (its total wall time so far).
+
+Once a save is on disk, a SHA-256 manifest of the step's files is added to the step directory
+(:mod:`~sleepjax.training.checkpoint_integrity`); restoring verifies it first, and a damaged
+step is named (step and file) and skipped for the previous intact one.
 
 Restoring takes abstract arrays carrying the target shardings, so a checkpoint written on one
 mesh restores onto another. :func:`load_params` restores only the trained parameters (and the
@@ -15,40 +20,63 @@ run's config) of a workdir, e.g. for inference.
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 from typing import Any, NamedTuple
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
 from sleepjax.models.config import ModelConfig, SleepConfig
+from sleepjax.training import checkpoint_integrity as integrity
+from sleepjax.training.checkpoint_integrity import CheckpointDamagedError
 from sleepjax.training.config import (config_differences, flatten_config, unflatten_config,
                                       validate_config)
 
 CHECKPOINT_SUBDIR = "checkpoints"   # <workdir>/checkpoints/<step>/ (see trainer.py)
+DAMAGED_SUBDIR = "damaged_checkpoints"   # where a damaged step is moved when a run falls back
+# Fields that may differ on resume (config.RESUMABLE_KEYS) but change the learning-rate schedule.
+SCHEDULE_KEYS = ("train.steps",)
+
+_log = logging.getLogger(__name__)
 
 
 class ConfigMismatchError(ValueError):
     """The workdir holds a checkpoint of a different experiment."""
 
 
-class Checkpointer:
-    """Save / restore (state, data iterator, config) in ``directory``, keeping the last ``keep``."""
+class ScheduleChangeError(ConfigMismatchError):
+    """Resuming would change the learning-rate schedule and the user did not say it is intended."""
 
-    def __init__(self, directory: str, *, keep: int, async_save: bool):
+
+class Checkpointer:
+    """Save / restore (state, data iterator, config, progress) in ``directory``, keeping ``keep``.
+
+    ``write_manifests``: add the checksum manifest to each finished step (only one process of a
+    multi-host job should; every process verifies).
+    """
+
+    def __init__(self, directory: str, *, keep: int, async_save: bool,
+                 write_manifests: bool = True):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._write_manifests = write_manifests
+        self._unsealed: list[int] = []     # saved steps whose manifest is not written yet
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
+        return sorted(self._manager.all_steps())
+
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
 
     def saved_config(self, step: int | None = None) -> dict[str, Any]:
         """The flattened config stored with checkpoint ``step`` (default: the latest)."""
@@ -56,43 +84,106 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return dict(restored["config"])
 
-    def check_compatible(self, cfg, step: int | None = None) -> None:
+    def check_compatible(self, cfg, step: int | None = None, *,
+                         allow_schedule_change: bool = False) -> list[str]:
         """Raise :class:`ConfigMismatchError` listing every field where ``cfg`` differs from the
-        checkpoint's config (fields in ``config.RESUMABLE_KEYS`` may differ)."""
+        checkpoint's config (fields in ``config.RESUMABLE_KEYS`` may differ), and
+        :class:`ScheduleChangeError` if a :data:`SCHEDULE_KEYS` field differs unless
+        ``allow_schedule_change``. Returns the (allowed) schedule changes."""
         step = self.latest_step() if step is None else step
-        diffs = config_differences(self.saved_config(step), flatten_config(cfg))
+        saved, current = self.saved_config(step), flatten_config(cfg)
+        diffs = config_differences(saved, current)
         if diffs:
             raise ConfigMismatchError(
                 f"refusing to resume from {self.directory} (step {step}): the checkpoint was "
                 f"written by a different config; differing fields:\n  " + "\n  ".join(diffs)
                 + "\nUse another --workdir, or the checkpoint's config.")
+        changes = [f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in SCHEDULE_KEYS
+                   if saved.get(key) != current.get(key)]
+        if changes and not allow_schedule_change:
+            raise ScheduleChangeError(
+                f"refusing to resume from step {step}: {'; '.join(changes)} changes the "
+                "learning-rate schedule mid-run; pass --allow_schedule_change if intended")
+        return changes
 
-    def save(self, step: int, state, data_iterator, cfg) -> None:
-        """Start saving checkpoint ``step`` (returns once the state is copied off the devices)."""
+    def save(self, step: int, state, data_iterator, cfg, progress: dict | None = None) -> None:
+        """Start saving checkpoint ``step`` (returns once the state is copied off the devices).
+
+        ``progress``: JSON-able facts about the run so far (e.g. ``{"wall_time_s": ..}``).
+        """
+        # orbax waits for the previous save before starting this one anyway: seal it first.
+        self.seal_finished(block=True)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
             config=ocp.args.JsonSave(flatten_config(cfg)),
+            progress=ocp.args.JsonSave(dict(progress or {})),
         ))
+        self._unsealed.append(step)
+
+    def seal_finished(self, block: bool = False) -> None:
+        """Write the checksum manifest of every save that is now on disk (cheap when none is:
+        called after every training step). ``block``: wait for the in-flight save first."""
+        if not self._unsealed:
+            return
+        if block:
+            self._manager.wait_until_finished()
+        elif self._manager.is_saving_in_progress():
+            return
+        for step in self._unsealed:
+            if self._write_manifests and os.path.isdir(self.step_dir(step)):
+                integrity.write_manifest(self.step_dir(step))
+        self._unsealed = []
+
+    def verify(self, step: int) -> bool:
+        """Check checkpoint ``step`` against its manifest (see ``checkpoint_integrity.verify_step``)."""
+        return integrity.verify_step(self.step_dir(step), step)
+
+    def quarantine(self, step: int) -> str:
+        """Move a damaged step to ``<workdir>/damaged_checkpoints/`` so it can be saved again."""
+        target = integrity.quarantine(self.step_dir(step), os.path.join(
+            os.path.dirname(self.directory), DAMAGED_SUBDIR))
+        self._manager.reload()
+        return target
 
     def restore(self, step: int, abstract_state, data_iterator):
         """Restore checkpoint ``step`` into ``abstract_state``'s shapes, dtypes and shardings.
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set;
         ``data_iterator`` is repositioned in place. Returns the restored state.
+
+        Raises:
+          CheckpointDamagedError: a file differs from the step's manifest, cannot be read, or
+            the restored arrays are not all finite.
         """
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator),
-        ))
+        self.verify(step)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        except (ValueError, OSError) as error:   # a damaged file orbax / tensorstore cannot read
+            raise CheckpointDamagedError(step, self.step_dir(step),
+                                         f"restore failed ({error})") from None
+        bad_leaf = first_non_finite_leaf(restored["state"])
+        if bad_leaf is not None:
+            raise CheckpointDamagedError(step, self.step_dir(step),
+                                         f"restored array {bad_leaf} has non-finite values")
         return restored["state"]
 
+    def progress(self, step: int) -> dict[str, Any]:
+        """The ``progress`` item of checkpoint ``step`` (empty for checkpoints without one)."""
+        if not os.path.isdir(os.path.join(self.step_dir(step), "progress")):
+            return {}
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            progress=ocp.args.JsonRestore()))
+        return dict(restored["progress"])
+
     def wait(self) -> None:
-        """Block until every pending asynchronous save is on disk."""
-        self._manager.wait_until_finished()
+        """Block until every pending asynchronous save is on disk (and has its manifest)."""
+        self.seal_finished(block=True)
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.seal_finished(block=True)
         self._manager.close()
 
     def __enter__(self):
@@ -101,6 +192,15 @@ class Checkpointer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def first_non_finite_leaf(tree) -> str | None:
+    """The key path of the first floating-point leaf of ``tree`` holding a NaN / inf, or None."""
+    leaves = [(jax.tree_util.keystr(path), leaf)
+              for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+              if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    finite = jax.device_get([jnp.isfinite(leaf).all() for _, leaf in leaves])  # one transfer
+    return next((name for (name, _), ok in zip(leaves, finite) if not ok), None)
 
 
 def abstract_like(tree, shardings):
@@ -140,6 +240,9 @@ def load_params(workdir: str | os.PathLike, step: int | None = None, *, sharding
       FileNotFoundError: ``workdir`` does not exist or holds no checkpoint.
       ValueError: ``step`` is not a non-negative int or has no checkpoint in ``workdir``, or
         ``sharding`` does not match the parameters.
+      CheckpointDamagedError: (a ValueError) the requested ``step`` fails its checksums, cannot
+        be read or holds non-finite parameters; with ``step=None`` a damaged latest checkpoint
+        is reported as a warning and the previous intact one is loaded.
     """
     workdir = os.fspath(workdir)
     if step is not None:
@@ -160,30 +263,56 @@ def load_params(workdir: str | os.PathLike, step: int | None = None, *, sharding
         directory, options=ocp.CheckpointManagerOptions(create=False),
         item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler(),
+                       "progress": ocp.JsonCheckpointHandler(),
                        "data": grain.checkpoint.CheckpointHandler()})
     try:
         steps = sorted(manager.all_steps())
         if not steps:
             raise no_checkpoint
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
+        if step is not None and step not in steps:
             raise ValueError(f"load_params: step={step} has no checkpoint in {workdir!r}; "
                              f"saved steps: {steps}")
+        # An explicitly requested step is refused if damaged; the default falls back.
+        candidates = [step] if step is not None else steps[::-1]
+        for candidate in candidates:
+            try:
+                params, config = _restore_params(manager, directory, candidate, sharding)
+                break
+            except CheckpointDamagedError as error:
+                if candidate == candidates[-1]:
+                    raise
+                _log.warning("%s; loading the previous checkpoint instead", error)
+    finally:
+        manager.close()
+    model, sleep = _resolve_model_configs(config)
+    return TrainedParams(params=params, step=int(candidate), config=config, model=model,
+                         sleep=sleep)
+
+
+def _restore_params(manager, directory: str, step: int, sharding):
+    """``(params, config)`` of one verified checkpoint step (see :func:`load_params`)."""
+    step_dir = os.path.join(directory, str(step))
+    integrity.verify_step(step_dir, step)
+    try:
         saved_params = manager.item_metadata(step)["state"].tree["params"]
-        target = _abstract_params(saved_params, sharding)
+    except (ValueError, OSError) as error:
+        raise CheckpointDamagedError(step, step_dir, f"unreadable metadata ({error})") from None
+    target = _abstract_params(saved_params, sharding)
+    try:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 item={"params": target},
                 restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
                 partial_restore=True),
             config=ocp.args.JsonRestore()))
-    finally:
-        manager.close()
-    config = unflatten_config(restored["config"])
-    model, sleep = _resolve_model_configs(config)
-    return TrainedParams(params=restored["state"]["params"], step=int(step), config=config,
-                         model=model, sleep=sleep)
+    except (ValueError, OSError) as error:
+        raise CheckpointDamagedError(step, step_dir, f"restore failed ({error})") from None
+    params = restored["state"]["params"]
+    bad_leaf = first_non_finite_leaf(params)
+    if bad_leaf is not None:
+        raise CheckpointDamagedError(step, step_dir,
+                                     f"restored parameter {bad_leaf} has non-finite values")
+    return params, unflatten_config(restored["config"])
 
 
 def _abstract_params(saved_params, sharding):

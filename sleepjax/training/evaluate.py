@@ -66,6 +66,30 @@ class ExactMatchTally:
         return out
 
 
+class LossTally:
+    """Mean answer-token cross-entropy per difficulty (the paper's Fig. 3 is test loss per k)."""
+
+    def __init__(self):
+        self._nats: dict[int, float] = {}
+        self._tokens: dict[int, int] = {}
+
+    def add(self, token_loss, loss_mask, difficulty) -> None:
+        token_loss, on_answer = np.asarray(token_loss), np.asarray(loss_mask) > 0
+        levels = np.asarray(difficulty)[on_answer]
+        losses = token_loss[on_answer].astype(np.float64)
+        for value in np.unique(levels):
+            sel = levels == value
+            self._nats[int(value)] = self._nats.get(int(value), 0.0) + float(losses[sel].sum())
+            self._tokens[int(value)] = self._tokens.get(int(value), 0) + int(sel.sum())
+
+    def result(self) -> dict[str, float]:
+        """``{"<difficulty>": mean loss, ..., "all": pooled mean}`` (nats per answer token)."""
+        out = {str(k): self._nats[k] / self._tokens[k] for k in sorted(self._tokens)}
+        total = sum(self._tokens.values())
+        out["all"] = sum(self._nats.values()) / total if total else float("nan")
+        return out
+
+
 def iterate_eval_batches(source, num_examples: int, batch_size: int) -> Iterable[tuple[dict, int]]:
     """Yield ``(batch, valid_rows)`` over the first ``num_examples`` records of ``source``.
 
@@ -92,9 +116,10 @@ def evaluate(eval_step: Callable[[dict], dict], source, num_examples: int, batch
 
     ``eval_step(batch) -> {"correct", "loss_sum", "answer_tokens"}`` (params bound, outputs
     replicated); ``to_device`` turns a host batch of :data:`EVAL_BATCH_KEYS` into device arrays.
-    Returns ``{"accuracy": {...}, "examples": {...}, "loss": float}``.
+    Returns ``{"accuracy": {...}, "examples": {...}, "loss": float, "loss_by_difficulty":
+    {...}}`` (``loss_by_difficulty`` when ``eval_step`` also returns ``token_loss``).
     """
-    tally = ExactMatchTally()
+    tally, losses = ExactMatchTally(), LossTally()
     loss_sum = tokens = 0.0
     for batch, _ in iterate_eval_batches(source, num_examples, batch_size):
         device_batch = {k: batch[k] for k in EVAL_BATCH_KEYS}
@@ -102,10 +127,16 @@ def evaluate(eval_step: Callable[[dict], dict], source, num_examples: int, batch
             device_batch = to_device(device_batch)
         out = jax.device_get(eval_step(device_batch))
         tally.add(out["correct"], batch["answer_id"], batch["difficulty"])
+        if "token_loss" in out:
+            losses.add(out["token_loss"], batch["loss_mask"], batch["difficulty"])
         loss_sum += float(out["loss_sum"])
         tokens += float(out["answer_tokens"])
-    return {"accuracy": tally.result(), "examples": tally.counts(),
-            "loss": loss_sum / tokens if tokens else float("nan")}
+    result = {"accuracy": tally.result(), "examples": tally.counts(),
+              "loss": loss_sum / tokens if tokens else float("nan")}
+    by_difficulty = losses.result()
+    if len(by_difficulty) > 1:   # some answer was seen
+        result["loss_by_difficulty"] = by_difficulty
+    return result
 
 
 def write_json(path: str, payload: Mapping) -> None:

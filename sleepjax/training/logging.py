@@ -5,12 +5,18 @@ the primary process (``jax.process_index() == 0``) writes these host-side files:
 process gets a :class:`RunLogger` whose writes are no-ops, so the training loop itself has no
 per-host branches. Checkpoints are *not* written here: orbax coordinates multi-host saves
 itself and must be called on every process.
+
+``train_log.jsonl`` (flushed every line) and ``eval.json`` are the record of a run; TensorBoard
+buffers its events, so a killed run loses its last ones and a resumed one would repeat the
+steps past its checkpoint. On resume the ``tensorboard/`` directory is therefore rebuilt from
+those two files (:func:`rebuild_tensorboard`), so both always hold the same records.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Mapping
@@ -52,8 +58,49 @@ def read_eval_history(workdir: str, up_to_step: int) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        history = json.load(f).get("history", [])
+        try:
+            history = json.load(f).get("history", [])
+        except ValueError as error:
+            raise ValueError(f"{path}: not valid JSON ({error}); restore it or delete it to "
+                             "drop the evaluation history") from None
     return [h for h in history if h["step"] <= up_to_step]
+
+
+_TRAIN_LOG_SCALARS = {"loss": "train/loss", "grad_norm": "train/grad_norm",
+                      "token_accuracy": "train/token_accuracy", "lr_muon": "lr/muon",
+                      "lr_adamw": "lr/adamw", "tokens_per_second": "train/tokens_per_second",
+                      "tokens_seen": "train/tokens_seen"}
+
+
+def _add_train_scalars(writer, record: Mapping) -> None:
+    """The TensorBoard scalars of one ``train_log.jsonl`` record."""
+    for key, tag in _TRAIN_LOG_SCALARS.items():
+        if key in record:
+            writer.add_scalar(tag, record[key], record["step"], walltime=record.get("time"))
+
+
+def _add_eval_scalars(writer, step: int, result: Mapping, walltime: float | None = None) -> None:
+    for difficulty, accuracy in result["accuracy"].items():
+        writer.add_scalar(f"eval/accuracy_{difficulty}", accuracy, step, walltime=walltime)
+    writer.add_scalar("eval/loss", result["loss"], step, walltime=walltime)
+
+
+def rebuild_tensorboard(workdir: str, writer_factory, history: list[Mapping]):
+    """Delete ``<workdir>/tensorboard`` and rewrite it from ``train_log.jsonl`` and ``history``
+    (the evaluations kept on resume); returns the new writer (``writer_factory(logdir)``)."""
+    logdir = os.path.join(workdir, "tensorboard")
+    shutil.rmtree(logdir, ignore_errors=True)
+    writer = writer_factory(logdir)
+    log_path = os.path.join(workdir, RunLogger.TRAIN_LOG_FILE)
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            for line in f:
+                if line.strip():
+                    _add_train_scalars(writer, json.loads(line))
+    for entry in history:
+        _add_eval_scalars(writer, entry["step"], entry)
+    writer.flush()
+    return writer
 
 
 class RunLogger:
@@ -96,7 +143,12 @@ class RunLogger:
         log_path = os.path.join(workdir, self.TRAIN_LOG_FILE)
         _truncate_jsonl(log_path, start_step)
         self._log_file = open(log_path, "a")
-        self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        if start_step > 0:   # resuming: TensorBoard may lack or repeat events (module doc)
+            self._writer = rebuild_tensorboard(workdir, SummaryWriter,
+                                               read_eval_history(workdir, start_step))
+        else:
+            shutil.rmtree(os.path.join(workdir, "tensorboard"), ignore_errors=True)
+            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write_config(self, cfg) -> None:
         """``config.json`` / ``config.txt`` (see :func:`write_config`)."""
@@ -112,16 +164,12 @@ class RunLogger:
         self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
         if not self.enabled:
             return
-        for name, value in metrics.items():
-            self._writer.add_scalar(f"train/{name}", value, step)
-        for name, value in learning_rates.items():
-            self._writer.add_scalar(f"lr/{name}", value, step)
-        self._writer.add_scalar("train/tokens_per_second", tokens_per_s, step)
-        self._writer.add_scalar("train/tokens_seen", step * self._tokens_per_step, step)
-        self._log_file.write(json.dumps({"step": step, "tokens_seen": step * self._tokens_per_step,
-                                         **metrics, **{f"lr_{k}": v for k, v in
-                                                       learning_rates.items()}}) + "\n")
+        record = {"step": step, "tokens_seen": step * self._tokens_per_step, **metrics,
+                  **{f"lr_{k}": v for k, v in learning_rates.items()},
+                  "tokens_per_second": tokens_per_s, "time": time.time()}
+        self._log_file.write(json.dumps(record) + "\n")
         self._log_file.flush()
+        _add_train_scalars(self._writer, record)
 
     def log_eval(self, step: int, result: Mapping, history: list[Mapping]):
         """Record evaluation ``result`` of ``step``; ``history`` (ending with it) goes to eval.json."""
@@ -129,12 +177,15 @@ class RunLogger:
             return
         write_json(os.path.join(self._workdir, self.EVAL_FILE),
                    {**self._eval_header, "history": list(history)})
-        for difficulty, accuracy in result["accuracy"].items():
-            self._writer.add_scalar(f"eval/accuracy_{difficulty}", accuracy, step)
-        self._writer.add_scalar("eval/loss", result["loss"], step)
+        _add_eval_scalars(self._writer, step, result)
         self._writer.flush()
         self._bar.write(f"step {step}: eval loss {result['loss']:.4f}, exact-match accuracy "
                         + ", ".join(f"{k}={v:.3f}" for k, v in result["accuracy"].items()))
+
+    def flush(self):
+        """Write buffered TensorBoard events to disk (called before each checkpoint)."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self):
         self._bar.close()
@@ -151,10 +202,18 @@ class RunLogger:
 
 
 def _truncate_jsonl(path: str, up_to_step: int) -> None:
-    """Drop log lines past the resumed step (written by the run that was interrupted)."""
+    """Drop log lines past the resumed step (written by the run that was interrupted), and a
+    last line cut short by a kill in mid-write."""
     if not os.path.exists(path):
         return
+    kept = []
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= up_to_step]
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record["step"] <= up_to_step:
+                kept.append(json.dumps(record) + "\n")
     with open(path, "w") as f:
-        f.writelines(lines)
+        f.writelines(kept)

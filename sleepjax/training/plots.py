@@ -1,80 +1,149 @@
-"""Accuracy plots for the ablation over the number of sleep passes N (PNG files).
+"""Plots of a sweep over N and seeds (PNG files), every one with the task's baselines drawn.
 
 Figures are built with ``matplotlib.figure.Figure`` directly rather than pyplot, so importing
 this module never switches the process-wide backend (a notebook keeps its inline plots).
+Inputs are the summary of :func:`sleepjax.training.stats.summarize`.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import os
+from typing import Mapping
 
 from matplotlib.figure import Figure
 
 
-def _new_axes():
-    fig = Figure(figsize=(6, 4))
-    return fig, fig.add_subplot()
+def _level_key(level: str):
+    return (1, 0) if level == "all" else (0, int(level))
 
 
-def _finish(fig, ax, path, *, xlabel, ylabel, title, chance) -> None:
-    """The styling every accuracy plot shares, then write ``path``."""
-    if chance is not None:
-        ax.axhline(chance, color="gray", linestyle="--", label="chance")
+def _baseline_lines(ax, baselines: Mapping, level: str) -> None:
+    ax.axhline(baselines["chance"].get(level, baselines["chance"]["all"]), color="gray",
+               linestyle=":", label="chance")
+    ax.axhline(baselines["majority"].get(level, baselines["majority"]["all"]), color="gray",
+               linestyle="--", label="always-majority")
+
+
+def _finish(fig, ax, path: str, *, xlabel: str, ylabel: str, title: str, ylim=(0, 1)) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def plot_accuracy_vs_tokens(histories: Mapping[int, Sequence[Mapping]], path: str, *,
-                            difficulty: str = "all", chance: float | None = None,
+def _band(ax, curve: Mapping, label: str) -> None:
+    line, = ax.plot(curve["tokens"], curve["mean"], marker="o", markersize=3, label=label)
+    ax.fill_between(curve["tokens"], curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
+
+
+def plot_accuracy_vs_tokens(summary: Mapping, path: str, *, level: str = "all",
                             title: str = "") -> None:
-    """One curve per N: exact-match accuracy (``difficulty`` key) against training tokens.
-
-    ``histories[N]`` is a run's ``eval.json`` history: dicts with ``tokens_seen`` and
-    ``accuracy``.
-    """
-    fig, ax = _new_axes()
-    for passes in sorted(histories):
-        history = histories[passes]
-        xs = [h["tokens_seen"] for h in history]
-        ys = [h["accuracy"].get(difficulty, float("nan")) for h in history]
-        ax.plot(xs, ys, marker="o", label=f"N = {passes}")
-    _finish(fig, ax, path, xlabel="training tokens", ylabel=f"exact-match accuracy ({difficulty})",
-            title=title or "accuracy vs training tokens", chance=chance)
-
-
-def plot_accuracy_vs_difficulty(final: Mapping[int, Mapping[str, float]], path: str, *,
-                                difficulty_name: str = "difficulty", chance: float | None = None,
-                                title: str = "") -> None:
-    """One curve per N: final exact-match accuracy against difficulty (t, k or #ops).
-
-    ``final[N]`` maps difficulty (as a string, plus ``"all"``, which is skipped) to accuracy.
-    """
-    fig, ax = _new_axes()
-    for passes in sorted(final):
-        levels = sorted((int(k) for k in final[passes] if k != "all"))
-        ax.plot(levels, [final[passes][str(k)] for k in levels], marker="o", label=f"N = {passes}")
-    _finish(fig, ax, path, xlabel=difficulty_name, ylabel="exact-match accuracy",
-            title=title or f"accuracy vs {difficulty_name}", chance=chance)
+    """Mean exact-match accuracy over seeds against training tokens, one curve per setting,
+    with the min-max band over seeds."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for s in summary["settings"]:
+        if level in s["accuracy_curve"]:
+            _band(ax, s["accuracy_curve"][level], f"{s['label']} ({len(s['seeds'])} seeds)")
+    _baseline_lines(ax, summary["baselines"], level)
+    name = summary["difficulty_name"]
+    _finish(fig, ax, path, xlabel="training tokens",
+            ylabel="exact-match accuracy" + ("" if level == "all" else f" ({name}={level})"),
+            title=title or "accuracy vs training tokens (mean, min-max band)")
 
 
-def plot_accuracy_vs_passes(final: Mapping[int, Mapping[str, float]], path: str, *,
-                            difficulty_name: str = "difficulty", chance: float | None = None,
-                            title: str = "") -> None:
-    """Final exact-match accuracy against N: one curve per difficulty, plus ``"all"``."""
-    passes = sorted(final)
-    keys = sorted({k for n in passes for k in final[n] if k != "all"}, key=int) + ["all"]
-    fig, ax = _new_axes()
-    for key in keys:
-        label = "all" if key == "all" else f"{difficulty_name} = {key}"
-        style = dict(color="black", linewidth=2) if key == "all" else {}
-        ax.plot(passes, [final[n].get(key, float("nan")) for n in passes], marker="o",
-                label=label, **style)
-    ax.set_xticks(passes)
-    _finish(fig, ax, path, xlabel="sleep passes N", ylabel="exact-match accuracy",
-            title=title or "accuracy vs N", chance=chance)
+def plot_loss_vs_tokens(summary: Mapping, path: str, *, title: str = "") -> None:
+    """One panel per difficulty: mean answer loss over seeds against training tokens (Fig. 3)."""
+    levels = sorted({k for s in summary["settings"] for k in s["loss_curve"]}, key=_level_key)
+    if len(levels) > 1:
+        levels = [k for k in levels if k != "all"]
+    fig = Figure(figsize=(3.2 * len(levels), 3.2))
+    axes = fig.subplots(1, len(levels), squeeze=False)[0]
+    name = summary["difficulty_name"]
+    for ax, level in zip(axes, levels):
+        for s in summary["settings"]:
+            if level in s["loss_curve"]:
+                _band(ax, s["loss_curve"][level], s["label"])
+        marginal = summary["baselines"]["marginal_loss"].get(level)
+        if marginal is not None:
+            ax.axhline(marginal, color="gray", linestyle="--", label="marginal (no context)")
+        ax.set_title(f"{name} = {level}")
+        ax.set_xlabel("training tokens")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test answer loss (nats/token)")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(title or "test loss vs training tokens (mean, min-max band over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_accuracy_vs_passes(summary: Mapping, path: str, *, title: str = "") -> None:
+    """Final accuracy (mean ± std over seeds, seeds as dots) against the trained N."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    settings = sorted(summary["settings"], key=lambda s: s["passes"])
+    xs = [s["passes"] for s in settings]
+    ax.errorbar(xs, [s["accuracy"]["all"]["mean"] for s in settings],
+                yerr=[s["accuracy"]["all"]["std"] for s in settings], marker="o", capsize=4,
+                color="black", label="mean ± std")
+    for s in settings:
+        ax.scatter([s["passes"]] * len(s["accuracy"]["all"]["values"]),
+                   s["accuracy"]["all"]["values"], color="tab:blue", alpha=0.5, s=12)
+    _baseline_lines(ax, summary["baselines"], "all")
+    ax.set_xticks(sorted(set(xs)))
+    _finish(fig, ax, path, xlabel="sleep passes N (training)", ylabel="exact-match accuracy",
+            title=title or "final accuracy vs N")
+
+
+def plot_accuracy_vs_difficulty(summary: Mapping, path: str, *, title: str = "") -> None:
+    """Final accuracy per difficulty, one curve per setting (mean ± std over seeds)."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    name = summary["difficulty_name"]
+    for s in summary["settings"]:
+        levels = sorted((k for k in s["accuracy"] if k != "all"), key=int)
+        ax.errorbar([int(k) for k in levels], [s["accuracy"][k]["mean"] for k in levels],
+                    yerr=[s["accuracy"][k]["std"] for k in levels], marker="o", capsize=3,
+                    label=s["label"])
+    _baseline_lines(ax, summary["baselines"], "all")
+    _finish(fig, ax, path, xlabel=name, ylabel="exact-match accuracy",
+            title=title or f"accuracy vs {name}")
+
+
+def plot_cross_eval(summary: Mapping, path: str, *, title: str = "") -> None:
+    """Accuracy when evaluated with N' passes, one curve per trained setting."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for s in summary["settings"]:
+        ns = sorted(int(n) for n in s["cross_eval"])
+        if not ns:
+            continue
+        line = ax.errorbar(ns, [s["cross_eval"][str(n)]["mean"] for n in ns],
+                           yerr=[s["cross_eval"][str(n)]["std"] for n in ns], marker="o",
+                           capsize=3, label=f"trained {s['label']}")
+        ax.axvline(s["passes"], color=line[0].get_color(), alpha=0.3, linewidth=4)
+    _baseline_lines(ax, summary["baselines"], "all")
+    _finish(fig, ax, path, xlabel="sleep passes N' at evaluation",
+            ylabel="exact-match accuracy", title=title or "train at N, evaluate at N'")
+
+
+def plot_sweep(summary: Mapping, workdir: str) -> list[str]:
+    """Every figure of a sweep into ``workdir``; returns the paths written."""
+    paths = []
+    for name, fn in (("accuracy_vs_tokens.png", plot_accuracy_vs_tokens),
+                     ("accuracy_vs_passes.png", plot_accuracy_vs_passes),
+                     ("accuracy_vs_difficulty.png", plot_accuracy_vs_difficulty),
+                     ("loss_vs_tokens.png", plot_loss_vs_tokens)):
+        path = os.path.join(workdir, name)
+        fn(summary, path)
+        paths.append(path)
+    if any(s["cross_eval"] for s in summary["settings"]):
+        path = os.path.join(workdir, "cross_eval.png")
+        plot_cross_eval(summary, path)
+        paths.append(path)
+    return paths

@@ -73,7 +73,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation
 
 
 def make_eval_step(model) -> Callable[[dict, dict], dict]:
-    """Build ``eval_step(params, batch) -> {"correct": bool [B, T], "loss_sum", "answer_tokens"}``."""
+    """Build ``eval_step(params, batch) -> {"correct": bool [B, T], "token_loss": f32 [B, T],
+    "loss_sum", "answer_tokens"}``; ``token_loss`` is the cross-entropy at answer positions (0
+    elsewhere), so the host can pool it by difficulty."""
 
     def eval_step(params, batch):
         logits = model.apply({"params": params}, batch["inputs"])
@@ -81,6 +83,7 @@ def make_eval_step(model) -> Callable[[dict, dict], dict]:
                                                              batch["targets"])
         mask = batch["loss_mask"].astype(jnp.float32)
         correct = jnp.argmax(logits, axis=-1) == batch["targets"]
-        return {"correct": correct, "loss_sum": jnp.sum(ce * mask), "answer_tokens": jnp.sum(mask)}
+        return {"correct": correct, "token_loss": ce * mask, "loss_sum": jnp.sum(ce * mask),
+                "answer_tokens": jnp.sum(mask)}
 
     return eval_step

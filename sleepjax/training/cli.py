@@ -1,0 +1,110 @@
+"""What ``python -m sleepjax.train`` and ``python -m sleepjax.sweep`` share: quiet library logs,
+one-line errors for bad configs and failed runs, and the exit codes.
+
+Exit codes: 0 done; 1 an error (config, workdir, checkpoint, non-finite training), printed as
+``error: ...``; 130 stopped by Ctrl-C / SIGTERM, printed as ``interrupted: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, NoReturn
+
+from absl import flags
+from absl import logging as absl_logging
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130   # the shell's code for a SIGINT-terminated command
+
+ALLOW_SCHEDULE_CHANGE_HELP = (
+    "Resume even though train.steps (which shapes the learning-rate schedule) differs from "
+    "the checkpoint's; the change is logged. Without it such a resume is refused.")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_ERROR)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else repr(text)
+
+
+def make_flags_parser(config_flag: str = "config") -> Callable[[list[str]], list[str]]:
+    """An ``app.run(flags_parser=...)`` that reports any flag or config error in one line.
+
+    ``config_flags`` reports a missing file only when the config is first used, an exception
+    inside the file as a traceback inside the message, and an unknown override key as a bare
+    ``AttributeError``; each becomes one line naming the path or the key.
+    """
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            remaining = flags.FLAGS(argv)
+        except Exception as error:   # any flag error, or the config file's own exception
+            fail(_describe_flag_error(argv, config_flag, error))
+        config_value = flags.FLAGS[config_flag].value
+        if config_value is not None:
+            try:
+                config_value.keys()    # config_flags' deferred error for an unreadable file
+            except OSError as error:
+                from ml_collections import config_flags
+
+                path = config_flags.get_config_filename(flags.FLAGS[config_flag]).partition(":")[0]
+                reason = ("no such file" if not os.path.isfile(path)
+                          else _last_line(error.__cause__ or error))
+                fail(f"--{config_flag}: cannot read config file {path!r} ({reason})")
+        return remaining
+
+    return parse
+
+
+def _describe_flag_error(argv: list[str], config_flag: str, error: Exception) -> str:
+    from sleepjax.training.config import load_config
+
+    prefix = f"--{config_flag}."
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{config_flag}=")), None)
+    if isinstance(error, (AttributeError, KeyError)) and spec:
+        try:   # name the first override whose key the config does not have
+            cfg = load_config(spec)
+            for arg in argv:
+                if arg.startswith(prefix):
+                    key = arg[len(prefix):].split("=", 1)[0]
+                    node = cfg
+                    for part in key.split("."):
+                        if not hasattr(node, "keys") or part not in node.keys():
+                            return f"{arg.split('=', 1)[0]}: unknown config key {key!r}"
+                        node = node[part]
+        except Exception:   # fall through to the error's own message
+            pass
+    message = _last_line(error)
+    if "Error whilst parsing config file" in str(error) and spec:
+        return f"--{config_flag}={spec}: {message}"
+    return message
+
+
+def quiet_library_logs() -> None:
+    """Library logs (orbax, absl, jax) at WARNING unless ``--verbosity`` was given."""
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def run_reporting_errors(body: Callable[[], int]) -> int:
+    """Run a CLI's body; expected failures become one line on stderr and a non-zero exit."""
+    from sleepjax.training.interrupts import TrainingInterrupted
+    from sleepjax.training.trainer import NonFiniteError
+    from sleepjax.training.workdir_lock import WorkdirBusyError
+
+    try:
+        return body()
+    except TrainingInterrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:   # a second Ctrl-C, or one outside the training loop
+        print("interrupted: stopped at once (second Ctrl-C or outside a training step); "
+              "checkpoints already on disk are complete", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (NonFiniteError, WorkdirBusyError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
