@@ -33,10 +33,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sleepjax import partitioning as pt  # noqa: E402
+import hlo_collectives  # noqa: E402  (benchmarks/, beside this script)
 from sleepjax.models.config import ModelConfig, SleepConfig  # noqa: E402
 from sleepjax.models.sleep_lm import SleepLM  # noqa: E402
-from sleepjax.parallel import hlo_collectives  # noqa: E402
+from sleepjax.parallel.data_parallel import jit_train_step  # noqa: E402
+from sleepjax.parallel.mesh import make_mesh  # noqa: E402
+from sleepjax.parallel.multihost import make_global_batch  # noqa: E402
+from sleepjax.parallel.state_shardings import train_state_shardings  # noqa: E402
 from sleepjax.training.config import OptimConfig  # noqa: E402
 from sleepjax.training.optimizer import make_optimizer  # noqa: E402
 from sleepjax.training.state import init_train_state  # noqa: E402
@@ -65,12 +68,12 @@ def human(n: float) -> str:
 
 def measure(mesh_cfg, model, model_cfg, optimizer, batch_host, state_host, time_steps: int):
     devices = jax.devices()[: mesh_cfg["data"] * mesh_cfg["fsdp"] * mesh_cfg["model"]]
-    mesh = pt.make_mesh(mesh_cfg, devices=devices)
+    mesh = make_mesh(mesh_cfg, devices=devices)
     abstract = jax.eval_shape(lambda: state_host)
-    shardings = pt.train_state_shardings(abstract, mesh, model_cfg)
+    shardings = train_state_shardings(abstract, mesh, model_cfg)
     state = jax.device_put(state_host, shardings)
-    batch = pt.make_global_batch(batch_host, mesh)
-    step = pt.jit_train_step(make_train_step(model, optimizer), shardings, mesh, donate=False)
+    batch = make_global_batch(batch_host, mesh)
+    step = jit_train_step(make_train_step(model, optimizer), shardings, mesh, donate=False)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
         compiled = step.jitted.lower(state, batch).compile()

@@ -30,7 +30,8 @@ from typing import Mapping, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from sleepjax import data, partitioning
+from sleepjax import data
+from sleepjax.parallel import multihost
 from sleepjax.training import cli, plots, stats
 from sleepjax.training.baselines import task_baselines
 from sleepjax.training.checkpointing import load_params
@@ -203,8 +204,8 @@ def main(argv) -> int:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
     cli.quiet_library_logs()
-    # Join a multi-host job first (a no-op for one process): see sleepjax.partitioning.
-    partitioning.initialize_distributed()
+    # Join a multi-host job first (a no-op for one process): see sleepjax.parallel.multihost.
+    multihost.initialize_distributed()
     return cli.run_reporting_errors(_sweep_and_report)
 
 

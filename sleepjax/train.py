@@ -19,7 +19,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from sleepjax import partitioning
+from sleepjax.parallel import multihost
 from sleepjax.training import cli
 from sleepjax.training.trainer import train_and_evaluate
 
@@ -43,8 +43,8 @@ def main(argv) -> int:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
     cli.quiet_library_logs()
-    # Join a multi-host job first (a no-op for one process): see sleepjax.partitioning.
-    partitioning.initialize_distributed()
+    # Join a multi-host job first (a no-op for one process): see sleepjax.parallel.multihost.
+    multihost.initialize_distributed()
     if _CACHE.value:
         import jax
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)

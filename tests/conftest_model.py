@@ -7,7 +7,6 @@ shared by every test of a worker process) and the shapes are few: B=2, L=4, T in
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sleepjax.models import ModelConfig, SleepConfig, forward_sequence, init_params

@@ -175,7 +175,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
             o, s = jax.jit(run)(*sharded)                      # traced
             jaxpr = jax.jit(run).trace(*sharded).jaxpr
         assert rel_rms(o, o_ref) < 1e-6 and rel_rms(s, s_ref) < 1e-6
-        # Explicit axes: read from the tracers' types; Auto: from sleepjax.partitioning rules.
+        # Explicit axes: read from the tracers' types; Auto: from the sleepjax.parallel logical-axis rules.
         (kernel_map,) = [e for e in jaxpr.eqns if e.primitive.name == "shard_map"]
         assert tuple(kernel_map.params["in_specs"][0]) == ("data", None, "model", None), kernel_map.params["in_specs"]
         if axis_type == AxisType.Explicit:                     # custom_vjp inside shard_map

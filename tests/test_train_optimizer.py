@@ -11,7 +11,7 @@ from sleepjax.models import SleepLM
 from sleepjax.training.config import OptimConfig, validate_config
 from sleepjax.training.optimizer import (ADAMW, MUON, label_for, make_optimizer, param_labels,
                                          warmup_stable_decay)
-from sleepjax.partitioning import path_to_str
+from sleepjax.parallel.logical_axes import path_to_str
 
 from conftest_training import tiny_config
 

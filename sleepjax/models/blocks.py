@@ -15,7 +15,7 @@ from sleepjax.models import layers
 from sleepjax.models.attention import attention
 from sleepjax.models.config import ModelConfig
 from sleepjax.models.gated_deltanet import GDNCache, gated_deltanet, zero_fast_weights_of
-from sleepjax.partitioning import constrain
+from sleepjax.parallel.activations import constrain
 
 
 def block_name(i: int) -> str:

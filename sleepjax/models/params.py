@@ -1,13 +1,25 @@
-"""Linen modules that only *declare* parameters (names, shapes, initialisers).
+"""The parameter layout of the LM, declared once: name, shape, initialiser and logical axes.
 
-The computation lives in pure functions (:mod:`sleepjax.models.layers`,
-:mod:`sleepjax.models.sleep_lm`) that read the resulting dict, so the same parameters drive
-the training forward, the sleep passes and the streaming step. Kernels are ``[in, out]``.
+Every parameter is one :class:`Param` in the layout tables below; from them come
+
+* the linen declaration (:func:`declare_lm_params`, which :class:`SleepLM` and the baseline
+  call), so the computation in :mod:`sleepjax.models.layers` / :mod:`sleepjax.models.sleep_lm`
+  reads a plain dict of arrays,
+* the partition rules (:data:`PARAM_RULES`, used by :mod:`sleepjax.parallel.state_shardings`),
+* the documented parameter table (:func:`param_table`, appended to ``sleepjax.models``' docstring).
+
+Logical axes name each dim of a parameter (MaxText style); :mod:`sleepjax.parallel.logical_axes`
+maps them to mesh axes: ``embed`` (d_model, FSDP-sharded), ``heads`` (a head-major ``H*D``
+packing or ``H``), ``mlp`` (SwiGLU hidden), ``vocab``; ``None`` = never split. Kernels are
+``[in, out]``: q/k/v/gate projections are column-parallel, output projections row-parallel.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -50,100 +62,172 @@ def _dt_bias_init(key, shape, dtype=jnp.float32, dt_min=1e-3, dt_max=0.1, dt_flo
     return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
 
 
-class RMSNormParams(nn.Module):
-    dim: int
-
-    @nn.compact
-    def __call__(self):
-        self.param("scale", nn.initializers.ones, (self.dim,))
-
-
-class EmbedParams(nn.Module):
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self):
-        self.param("embedding", _trunc_normal(1.0 / math.sqrt(self.cfg.d_model)),
-                   (self.cfg.vocab_size, self.cfg.d_model))
+# Sizes, by the symbols parameter shapes are written in (and the parameter table shows).
+SIZES: dict[str, Callable[[ModelConfig], int]] = {
+    "d": lambda c: c.d_model,
+    "vocab": lambda c: c.vocab_size,
+    "Ha*Da": lambda c: c.attn_heads * c.attn_head_dim,
+    "Hg*K": lambda c: c.gdn_heads * c.gdn_head_dim,
+    "Hg*V": lambda c: c.gdn_heads * c.gdn_value_dim,
+    "Hg": lambda c: c.gdn_heads,
+    "V": lambda c: c.gdn_value_dim,
+    "F": lambda c: c.mlp_hidden_dim,
+    "conv_size": lambda c: c.conv_size,
+}
 
 
-class HeadParams(nn.Module):
-    cfg: ModelConfig
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One parameter: its dims (symbols of :data:`SIZES`), the logical axis of each dim, and
+    its initialiser given the config."""
 
-    @nn.compact
-    def __call__(self):
-        self.param("kernel", _fan_in(self.cfg.d_model), (self.cfg.d_model, self.cfg.vocab_size))
+    dims: tuple[str, ...]
+    axes: tuple[str | None, ...]
+    init: Callable[[ModelConfig], Callable]
+    note: str = ""
 
+    def __post_init__(self):
+        unknown = [d for d in self.dims if d not in SIZES]
+        if unknown:
+            raise ValueError(f"Param: unknown dim symbol(s) {unknown}; known: {sorted(SIZES)}")
+        if len(self.axes) != len(self.dims):
+            raise ValueError(f"Param: {len(self.axes)} logical axes {self.axes} for the "
+                             f"{len(self.dims)} dims {self.dims}")
 
-class AttentionParams(nn.Module):
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self):
-        c = self.cfg
-        inner = c.attn_heads * c.attn_head_dim
-        for name in ("wq", "wk", "wv"):
-            self.param(name, _fan_in(c.d_model), (c.d_model, inner))
-        self.param("wo", _residual_out(inner, c.num_layers), (inner, c.d_model))
-
-
-class GatedDeltaNetParams(nn.Module):
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self):
-        c = self.cfg
-        hk, hv = c.gdn_heads * c.gdn_head_dim, c.gdn_heads * c.gdn_value_dim
-        self.param("wq", _fan_in(c.d_model), (c.d_model, hk))
-        self.param("wk", _fan_in(c.d_model), (c.d_model, hk))
-        self.param("wv", _fan_in(c.d_model), (c.d_model, hv))
-        self.param("wa", _fan_in(c.d_model), (c.d_model, c.gdn_heads))
-        self.param("wb", _fan_in(c.d_model), (c.d_model, c.gdn_heads))
-        self.param("wg", _fan_in(c.d_model), (c.d_model, hv))
-        self.param("wo", _residual_out(hv, c.num_layers), (hv, c.d_model))
-        conv_bound = 1.0 / math.sqrt(c.conv_size)   # PyTorch Conv1d default for a depthwise conv
-        self.param("conv_q", _uniform(conv_bound), (c.conv_size, hk))
-        self.param("conv_k", _uniform(conv_bound), (c.conv_size, hk))
-        self.param("conv_v", _uniform(conv_bound), (c.conv_size, hv))
-        self.param("A_log", _a_log_init, (c.gdn_heads,))
-        self.param("dt_bias", _dt_bias_init, (c.gdn_heads,))
-        RMSNormParams(c.gdn_value_dim, name="out_norm")()
+    def shape(self, cfg: ModelConfig) -> tuple[int, ...]:
+        return tuple(SIZES[d](cfg) for d in self.dims)
 
 
-class MLPParams(nn.Module):
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self):
-        c = self.cfg
-        f = c.mlp_hidden_dim
-        self.param("w_gate", _fan_in(c.d_model), (c.d_model, f))
-        self.param("w_up", _fan_in(c.d_model), (c.d_model, f))
-        self.param("w_down", _residual_out(f, c.num_layers), (f, c.d_model))
+def _projection(fan_in: str, fan_out: str, axes, note="", residual=False) -> Param:
+    """A dense kernel ``[fan_in, fan_out]``; ``residual``: an out-projection into the stream."""
+    if residual:
+        init = lambda c: _residual_out(SIZES[fan_in](c), c.num_layers)  # noqa: E731
+    else:
+        init = lambda c: _fan_in(SIZES[fan_in](c))                       # noqa: E731
+    return Param((fan_in, fan_out), tuple(axes), init, note)
 
 
-class BlockParams(nn.Module):
+def _norm(dim: str, note="") -> dict[str, Param]:
+    # norm scales are small and read by every shard: replicated
+    return {"scale": Param((dim,), (None,), lambda c: nn.initializers.ones, note)}
+
+
+_COLUMN, _ROW = ("embed", "heads"), ("heads", "embed")
+
+ATTENTION: dict[str, Param] = {
+    "wq": _projection("d", "Ha*Da", _COLUMN, "in 'A' blocks"),
+    "wk": _projection("d", "Ha*Da", _COLUMN),
+    "wv": _projection("d", "Ha*Da", _COLUMN),
+    "wo": _projection("Ha*Da", "d", _ROW, residual=True),
+}
+
+_CONV_INIT = lambda c: _uniform(1.0 / math.sqrt(c.conv_size))  # noqa: E731  (PyTorch Conv1d default)
+
+GATED_DELTANET: dict[str, Any] = {
+    "wq": _projection("d", "Hg*K", _COLUMN, "in 'G' blocks"),
+    "wk": _projection("d", "Hg*K", _COLUMN),
+    "wv": _projection("d", "Hg*V", _COLUMN),
+    "wa": _projection("d", "Hg", _COLUMN, "decay input"),
+    "wb": _projection("d", "Hg", _COLUMN, "write strength beta"),
+    "wg": _projection("d", "Hg*V", _COLUMN, "output gate"),
+    "wo": _projection("Hg*V", "d", _ROW, residual=True),
+    "conv_q": Param(("conv_size", "Hg*K"), (None, "heads"), _CONV_INIT, "depthwise causal short conv"),
+    "conv_k": Param(("conv_size", "Hg*K"), (None, "heads"), _CONV_INIT),
+    "conv_v": Param(("conv_size", "Hg*V"), (None, "heads"), _CONV_INIT),
+    "A_log": Param(("Hg",), ("heads",), lambda c: _a_log_init, "g = -exp(A_log) softplus(x wa + dt_bias)"),
+    "dt_bias": Param(("Hg",), ("heads",), lambda c: _dt_bias_init),
+    "out_norm": _norm("V", "gated RMSNorm, shared by heads"),
+}
+
+MLP: dict[str, Param] = {
+    "w_gate": _projection("d", "F", ("embed", "mlp"), "SwiGLU"),
+    "w_up": _projection("d", "F", ("embed", "mlp")),
+    "w_down": _projection("F", "d", ("mlp", "embed"), residual=True),
+}
+
+# Block kind of ``ModelConfig.layer_pattern`` -> (name of its mixer, the mixer's parameters).
+MIXERS: dict[str, tuple[str, dict[str, Any]]] = {"A": ("attn", ATTENTION), "G": ("gdn", GATED_DELTANET)}
+
+EMBED = {"embedding": Param(("vocab", "d"), ("vocab", "embed"),
+                            lambda c: _trunc_normal(1.0 / math.sqrt(c.d_model)),
+                            "also the head when tie_embeddings")}
+HEAD = {"kernel": _projection("d", "vocab", ("embed", "vocab"), "only when not tie_embeddings")}
+
+
+def block_layout(kind: str) -> dict[str, Any]:
     """Pre-norm block: ``mixer_norm``, ``attn`` or ``gdn``, ``mlp_norm``, ``mlp``."""
+    mixer_name, mixer = MIXERS[kind]
+    return {"mixer_norm": _norm("d"), mixer_name: mixer, "mlp_norm": _norm("d"), "mlp": MLP}
 
+
+def lm_layout(pattern: str, tie_embeddings: bool) -> dict[str, Any]:
+    """The whole LM's parameters as a nested dict of :class:`Param` (declaration order)."""
+    layout: dict[str, Any] = {"embed": EMBED}
+    for i, kind in enumerate(pattern):
+        layout[f"blocks_{i}"] = block_layout(kind)
+    layout["final_norm"] = _norm("d")
+    if not tie_embeddings:
+        layout["head"] = HEAD
+    return layout
+
+
+def flatten_layout(layout: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Param]]:
+    """``[('/'-joined path, Param)]`` of a (nested) layout, in declaration order."""
+    rows = []
+    for name, item in layout.items():
+        path = f"{prefix}{name}"
+        rows.extend([(path, item)] if isinstance(item, Param) else flatten_layout(item, path + "/"))
+    return rows
+
+
+class ParamGroup(nn.Module):
+    """Declares one group of a layout: its parameters, then each sub-group as a submodule."""
+
+    layout: Mapping[str, Any]
     cfg: ModelConfig
-    kind: str   # "A" or "G"
 
     @nn.compact
     def __call__(self):
-        RMSNormParams(self.cfg.d_model, name="mixer_norm")()
-        if self.kind == "A":
-            AttentionParams(self.cfg, name="attn")()
-        else:
-            GatedDeltaNetParams(self.cfg, name="gdn")()
-        RMSNormParams(self.cfg.d_model, name="mlp_norm")()
-        MLPParams(self.cfg, name="mlp")()
+        for name, item in self.layout.items():
+            if isinstance(item, Param):
+                self.param(name, item.init(self.cfg), item.shape(self.cfg))
+            else:
+                ParamGroup(item, self.cfg, name=name)()
 
 
 def declare_lm_params(cfg: ModelConfig, pattern: str | None = None):
     """Declare the whole LM's parameters inside a compact linen ``__call__``."""
-    EmbedParams(cfg, name="embed")()
-    for i, kind in enumerate(pattern or cfg.layer_pattern):
-        BlockParams(cfg, kind, name=f"blocks_{i}")()
-    RMSNormParams(cfg.d_model, name="final_norm")()
-    if not cfg.tie_embeddings:
-        HeadParams(cfg, name="head")()
+    for name, group in lm_layout(pattern or cfg.layer_pattern, cfg.tie_embeddings).items():
+        ParamGroup(group, cfg, name=name)()
+
+
+def _param_templates() -> dict[str, Param]:
+    """``blocks_{i}/...`` path template -> Param, over every parameter any config can have
+    (blocks of every kind, an untied head)."""
+    templates: dict[str, Param] = {}
+    for path, param in flatten_layout(lm_layout("".join(MIXERS), tie_embeddings=False)):
+        template = re.sub(r"^blocks_\d+/", "blocks_{i}/", path)
+        if templates.setdefault(template, param).axes != param.axes:
+            raise ValueError(f"{template}: declared with logical axes {templates[template].axes} "
+                             f"in one block kind and {param.axes} in another")
+    return templates
+
+
+PARAM_TEMPLATES: dict[str, Param] = _param_templates()
+
+# Ordered (regex on the '/'-joined leaf path -> logical axes) rules, first hit wins; read by
+# ``sleepjax.parallel.state_shardings``. A suffix match, so optimiser moments
+# (``opt_state/0/mu/blocks_0/attn/wq``) follow their parameter; every other leaf (step,
+# optimiser counters, PRNG key) is replicated.
+PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = tuple(
+    (r"(^|/)" + re.escape(t).replace(re.escape("blocks_{i}"), r"blocks_\d+") + "$", p.axes)
+    for t, p in PARAM_TEMPLATES.items()) + ((r".*", ()),)
+
+
+def param_table() -> str:
+    """The parameter tree as a text table: path, shape, logical axes, note."""
+    rows = [(t, "[" + ", ".join(p.dims) + "]", "(" + ", ".join(map(str, p.axes)) + ")", p.note)
+            for t, p in PARAM_TEMPLATES.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"    {t:<{widths[0]}}  {s:<{widths[1]}}  {a:<{widths[2]}}  {n}".rstrip()
+                     for t, s, a, n in rows)

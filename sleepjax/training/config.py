@@ -9,7 +9,7 @@ An experiment is an ``ml_collections.ConfigDict`` with six sections:
   ``None``: the task's natural window is used),
 * ``optim`` -- :class:`OptimConfig` fields,
 * ``train`` -- :class:`TrainConfig` fields,
-* ``mesh``  -- device-mesh settings (``sleepjax.partitioning``).
+* ``mesh``  -- device-mesh settings (:mod:`sleepjax.parallel.mesh`).
 
 :func:`validate_config` checks every section before anything is built or traced and raises
 one ``ValueError`` naming the full key (``sleep.window``, ``task.t``, ...).
@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from sleepjax.models.config import ModelConfig, SleepConfig
+from sleepjax.parallel.mesh import mesh_config_defaults, validate_mesh_config
 
 SECTIONS = ("task", "model", "sleep", "optim", "train", "mesh")
 
@@ -164,8 +165,6 @@ def base_config() -> ml_collections.ConfigDict:
     ``sleep.window`` is a typed placeholder so that ``--config.sleep.window=24`` works on the
     command line; ``None`` means the task's natural window.
     """
-    from sleepjax import partitioning  # local: keeps this module importable on its own
-
     model_defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)
                       if f.name != "vocab_size"}
     sleep_defaults = {f.name: f.default for f in dataclasses.fields(SleepConfig)}
@@ -177,7 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sleep = ml_collections.ConfigDict(sleep_defaults)
     cfg.optim = ml_collections.ConfigDict(dataclasses.asdict(OptimConfig()))
     cfg.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
-    cfg.mesh = partitioning.mesh_config_defaults()
+    cfg.mesh = mesh_config_defaults()
     return cfg
 
 
@@ -199,7 +198,7 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     that belongs to another task. Builds no model and traces nothing. ``num_devices``
     (default: this job's device count) lets a config be checked for another machine.
     """
-    from sleepjax import data, partitioning
+    from sleepjax import data
     from sleepjax.data.layout import check_answers_in_prediction_window
 
     if not isinstance(cfg, (ml_collections.ConfigDict, Mapping)):
@@ -241,7 +240,7 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     check_answers_in_prediction_window(data.make_source(task_cfg, "test", train.seed), sleep.window)
 
     mesh_cfg = cfg["mesh"]
-    mesh_shape = partitioning.validate_mesh_config(mesh_cfg, num_devices=num_devices)
+    mesh_shape = validate_mesh_config(mesh_cfg, num_devices=num_devices)
     dp = mesh_shape["data"] * mesh_shape["fsdp"]   # the batch is split over both
     if train.batch_size % dp:
         raise ValueError(f"train.batch_size: must be divisible by the data-parallel size {dp} "

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sleepjax import partitioning
+from sleepjax.parallel.data_parallel import batch_psum, data_parallel
 from sleepjax.training.state import TrainState
 
 TRAIN_BATCH_KEYS = ("inputs", "targets", "loss_mask")
@@ -18,14 +18,14 @@ def answer_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array):
     """Cross-entropy summed over answer tokens divided by their number; also token accuracy.
 
     Returns ``(loss, (token_accuracy, answer_tokens))``; a batch without answer tokens has
-    loss 0 rather than NaN. Inside ``partitioning.data_parallel`` the inputs are one data
+    loss 0 rather than NaN. Inside ``data_parallel`` the inputs are one data
     shard: the sums are local, the divisor is the whole batch's answer-token count, so the
     shards' losses (and their gradients) add up to the whole batch's.
     """
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     mask = loss_mask.astype(jnp.float32)
     count = jnp.sum(mask)
-    denom = jnp.maximum(partitioning.batch_psum(count), 1.0)
+    denom = jnp.maximum(batch_psum(count), 1.0)
     loss = jnp.sum(ce * mask) / denom
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return loss, (jnp.sum(correct * mask) / denom, count)
@@ -39,7 +39,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation
     If the loss or the gradient norm is not finite, the returned state is the input state
     unchanged and ``metrics["finite"]`` is False: the host loop stops the run and the bad
     update is never applied (nor saved). Under a mesh with a ``data`` axis the loss and
-    gradients are computed per data shard and summed once (``partitioning.data_parallel``).
+    gradients are computed per data shard and summed once (``data_parallel``).
     """
 
     def loss_fn(params, batch):
@@ -49,9 +49,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation
     def shard_loss_and_grads(params, batch):
         (loss, (token_accuracy, answer_tokens)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(params, batch)
-        return partitioning.batch_psum((loss, token_accuracy, answer_tokens, grads))
+        return batch_psum((loss, token_accuracy, answer_tokens, grads))
 
-    loss_and_grads = partitioning.data_parallel(shard_loss_and_grads)
+    loss_and_grads = data_parallel(shard_loss_and_grads)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng, _ = jax.random.split(state.rng)  # the model is deterministic; the stream still advances

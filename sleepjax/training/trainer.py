@@ -35,8 +35,13 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from sleepjax import data, partitioning
+from sleepjax import data
 from sleepjax.models import SleepLM
+from sleepjax.parallel.data_parallel import jit_train_step
+from sleepjax.parallel.logical_axes import replicated, with_shardings
+from sleepjax.parallel.mesh import make_mesh, validate_model_for_mesh
+from sleepjax.parallel.multihost import batch_sharding, host_shard_info, make_global_batch
+from sleepjax.parallel.state_shardings import train_state_shardings
 from sleepjax.training import evaluate as evaluation
 from sleepjax.training.checkpointing import CHECKPOINT_SUBDIR, CheckpointDamagedError, Checkpointer
 from sleepjax.training.config import ResolvedConfig, validate_config
@@ -96,14 +101,14 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
                   step_callback, allow_schedule_change: bool) -> dict:
     """The body of :func:`train_and_evaluate`, run while holding the workdir lock."""
     train_cfg = rc.train
-    mesh = partitioning.make_mesh(rc.mesh)
-    partitioning.validate_model_for_mesh(rc.model, mesh)
+    mesh = make_mesh(rc.mesh)
+    validate_model_for_mesh(rc.model, mesh)
 
     model = SleepLM(rc.model, rc.sleep)
     optimizer = make_optimizer(rc.optim, train_cfg.steps)
     train_step = make_train_step(model, optimizer)
 
-    shard_index, shard_count = partitioning.host_shard_info(mesh)
+    shard_index, shard_count = host_shard_info(mesh)
     train_source = data.make_source(rc.task, "train", train_cfg.seed)
     test_source = data.make_source(rc.task, "test", train_cfg.seed)
     dataset = data.make_dataset(train_source, batch_size=train_cfg.batch_size // shard_count,
@@ -115,7 +120,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
     rng = jax.random.PRNGKey(train_cfg.seed)
     example_tokens = jnp.zeros((1, rc.seq_len), jnp.int32)
     abstract_state = jax.eval_shape(init_fn, rng, example_tokens)
-    state_shardings = partitioning.train_state_shardings(abstract_state, mesh, rc.model)
+    state_shardings = train_state_shardings(abstract_state, mesh, rc.model)
 
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR),
                                 keep=train_cfg.keep_checkpoints,
@@ -123,7 +128,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
                                 write_manifests=run_logging.is_primary_process())
     try:
         restored = _restore_latest_intact(
-            checkpointer, cfg, partitioning.with_shardings(abstract_state, state_shardings),
+            checkpointer, cfg, with_shardings(abstract_state, state_shardings),
             data_iterator, allow_schedule_change)
         if restored is not None:
             restored_step, state, progress, verified = restored
@@ -142,11 +147,11 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
             checkpointer.save(step, state, data_iterator, cfg,
                               progress={"wall_time_s": run_wall_time()})
 
-        step_fn = partitioning.jit_train_step(train_step, state_shardings, mesh)
+        step_fn = jit_train_step(train_step, state_shardings, mesh)
         eval_step = make_eval_step(model)
         jitted_eval = jax.jit(eval_step, in_shardings=(state_shardings.params,
-                                                       partitioning.batch_sharding(mesh)),
-                              out_shardings=partitioning.replicated(mesh))
+                                                       batch_sharding(mesh)),
+                              out_shardings=replicated(mesh))
 
         def run_eval(params) -> dict:
             def bound(batch):
@@ -156,7 +161,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
             def to_device(batch):
                 rows = train_cfg.eval_batch_size // shard_count
                 local = {k: v[shard_index * rows:(shard_index + 1) * rows] for k, v in batch.items()}
-                return partitioning.make_global_batch(local, mesh)
+                return make_global_batch(local, mesh)
 
             return evaluation.evaluate(bound, test_source, train_cfg.eval_examples,
                                        train_cfg.eval_batch_size, to_device)
@@ -194,7 +199,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
                            if kept is not None else "no checkpoint was written yet")
                         + "; rerun the same command to resume")
                 host_batch = next(data_iterator)
-                batch = partitioning.make_global_batch(
+                batch = make_global_batch(
                     {k: host_batch[k] for k in TRAIN_BATCH_KEYS}, mesh)
                 state, metrics = step_fn(state, batch)
                 metrics = jax.device_get(metrics)

@@ -1,8 +1,8 @@
-"""Partition rules, mesh config validation and the HLO collective parser (one device, no compile).
+"""Mesh config, logical-axis rules and spec resolution, activation hints, the data-parallel
+wrapper and host plumbing on one device (no compile).
 
 Shardings are derived against ``jax.sharding.AbstractMesh`` so that the rules can be checked
-for any mesh shape without the devices; the multi-device behaviour is in
-``tests/test_partition_multidevice.py``.
+for any mesh shape without the devices; the multi-device behaviour is in test_multidevice.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import optax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from sleepjax import partitioning as pt
 from sleepjax.models.config import ModelConfig
-from sleepjax.parallel import hlo_collectives
+from sleepjax.models.params import PARAM_RULES
+from sleepjax.parallel import activations, data_parallel, logical_axes, mesh as device_mesh, multihost
+from sleepjax.parallel.state_shardings import STREAM_STATE_RULES
 
 
 def abstract_mesh(data, model, fsdp=1):
-    return AbstractMesh((data, fsdp, model), pt.MESH_AXES)
+    return AbstractMesh((data, fsdp, model), device_mesh.MESH_AXES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,11 +42,11 @@ CFG = ModelConfig(vocab_size=16, d_model=32, layer_pattern="AG", attn_heads=4, a
 # --------------------------------------------------------------------------- mesh config
 
 def test_mesh_config_resolves_wildcard():
-    assert pt.validate_mesh_config(pt.mesh_config_defaults(), num_devices=8) == {
+    assert device_mesh.validate_mesh_config(device_mesh.mesh_config_defaults(), num_devices=8) == {
         "data": 8, "fsdp": 1, "model": 1}
-    assert pt.validate_mesh_config({"data": -1, "model": 4}, num_devices=8) == {
+    assert device_mesh.validate_mesh_config({"data": -1, "model": 4}, num_devices=8) == {
         "data": 2, "fsdp": 1, "model": 4}
-    assert pt.validate_mesh_config({"data": 2, "fsdp": 2, "model": 2}, num_devices=8)["fsdp"] == 2
+    assert device_mesh.validate_mesh_config({"data": 2, "fsdp": 2, "model": 2}, num_devices=8)["fsdp"] == 2
 
 
 @pytest.mark.parametrize("mesh_cfg, key", [
@@ -59,36 +60,37 @@ def test_mesh_config_resolves_wildcard():
 ])
 def test_mesh_config_errors_name_the_key(mesh_cfg, key):
     with pytest.raises(ValueError, match=key):
-        pt.validate_mesh_config(mesh_cfg, num_devices=8)
+        device_mesh.validate_mesh_config(mesh_cfg, num_devices=8)
 
 
 def test_make_mesh_on_one_device():
-    mesh = pt.make_mesh(pt.mesh_config_defaults())
-    assert mesh.axis_names == pt.MESH_AXES
+    mesh = device_mesh.make_mesh(device_mesh.mesh_config_defaults())
+    assert mesh.axis_names == device_mesh.MESH_AXES
     assert mesh.devices.size == jax.device_count()
 
 
 def test_heads_must_divide_model_axis():
     mesh = abstract_mesh(2, 4)
     with pytest.raises(ValueError, match="model.gdn_heads"):
-        pt.validate_model_for_mesh(
+        device_mesh.validate_model_for_mesh(
             ModelConfig(vocab_size=16, d_model=32, layer_pattern="G", gdn_heads=6, gdn_head_dim=8), mesh)
     with pytest.raises(ValueError, match="model.attn_heads"):
-        pt.validate_model_for_mesh(
+        device_mesh.validate_model_for_mesh(
             ModelConfig(vocab_size=16, d_model=32, layer_pattern="AG", attn_heads=2, attn_head_dim=16,
                         gdn_heads=4, gdn_head_dim=8), mesh)
-    pt.validate_model_for_mesh(CFG, mesh)
+    device_mesh.validate_model_for_mesh(CFG, mesh)
     # the per-leaf rules also refuse to cut a head: A_log [H=6] over model=4
     with pytest.raises(ValueError, match="A_log"):
-        pt.tree_partition_specs({"gdn": {"A_log": jax.ShapeDtypeStruct((6,), jnp.float32)}}, mesh)
+        logical_axes.tree_partition_specs(
+            {"blocks_0": {"gdn": {"A_log": jax.ShapeDtypeStruct((6,), jnp.float32)}}}, mesh, PARAM_RULES)
 
 
 # --------------------------------------------------------------------------- param rules
 
 def test_every_parameter_gets_the_declared_spec():
     params = tiny_params(CFG)
-    specs = {pt.path_to_str(p): s for p, s in jax.tree_util.tree_leaves_with_path(
-        pt.tree_partition_specs(params, abstract_mesh(2, 4, fsdp=1)),
+    specs = {logical_axes.path_to_str(p): s for p, s in jax.tree_util.tree_leaves_with_path(
+        logical_axes.tree_partition_specs(params, abstract_mesh(2, 4, fsdp=1), PARAM_RULES),
         is_leaf=lambda x: isinstance(x, P))}
     expected = {
         "embed/embedding": P("model"),                      # vocab over model
@@ -111,13 +113,14 @@ def test_every_parameter_gets_the_declared_spec():
 
 def test_fsdp_shards_the_model_dim_and_falls_back_when_indivisible():
     params = tiny_params(CFG)
-    specs = pt.tree_partition_specs(params, abstract_mesh(1, 2, fsdp=4))
+    specs = logical_axes.tree_partition_specs(params, abstract_mesh(1, 2, fsdp=4), PARAM_RULES)
     assert specs["blocks_0"]["attn"]["wq"] == P("fsdp", "model")
     assert specs["blocks_0"]["attn"]["wo"] == P("model", "fsdp")
     assert specs["embed"]["embedding"] == P("model", "fsdp")
     # a vocabulary of 6 is not split over model=4: replicated, not an error
     odd = {"embed": {"embedding": jax.ShapeDtypeStruct((6, 32), jnp.float32)}}
-    assert pt.tree_partition_specs(odd, abstract_mesh(2, 4))["embed"]["embedding"] == P()
+    specs = logical_axes.tree_partition_specs(odd, abstract_mesh(2, 4), PARAM_RULES)
+    assert specs["embed"]["embedding"] == P()
 
 
 def test_optimizer_state_follows_its_parameter():
@@ -126,7 +129,7 @@ def test_optimizer_state_follows_its_parameter():
                                params)
     state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
              "opt_state": opt_state, "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
-    specs = pt.tree_partition_specs(state, abstract_mesh(2, 4))
+    specs = logical_axes.tree_partition_specs(state, abstract_mesh(2, 4), PARAM_RULES)
     adam = specs["opt_state"][1][0]
     assert adam.mu["blocks_1"]["gdn"]["wo"] == specs["params"]["blocks_1"]["gdn"]["wo"] == P("model")
     assert adam.nu["blocks_0"]["mlp"]["w_up"] == P(None, "model")
@@ -135,12 +138,12 @@ def test_optimizer_state_follows_its_parameter():
 
 def test_batch_and_stream_state_specs():
     mesh = abstract_mesh(2, 4, fsdp=1)
-    assert pt.batch_spec(mesh) == P("data")
-    assert pt.batch_spec(abstract_mesh(2, 2, fsdp=2)) == P(("data", "fsdp"))
+    assert logical_axes.batch_spec(mesh) == P("data")
+    assert logical_axes.batch_spec(abstract_mesh(2, 2, fsdp=2)) == P(("data", "fsdp"))
     from sleepjax import inference
     from sleepjax.models.config import SleepConfig
     state = jax.eval_shape(lambda: inference.init_state(CFG, SleepConfig(window=4, passes=2), 8))
-    specs = pt.tree_partition_specs(state, mesh, pt.STREAM_STATE_RULES)
+    specs = logical_axes.tree_partition_specs(state, mesh, STREAM_STATE_RULES)
     assert specs.fast_weights["blocks_1"] == P("data", "model")      # S [B, H, K, V]
     assert specs.kv_cache["blocks_0"][0] == P("data", None, "model")  # [B, L, H, D]
     for stream in ("q", "k", "v"):                                    # [B, W-1, H*D], heads-major
@@ -150,134 +153,62 @@ def test_batch_and_stream_state_specs():
 
 def test_constrain_is_a_noop_without_mesh():
     x = jnp.ones((4, 2))
-    assert pt.constrain(x, ("batch", None)) is x
-    assert pt.activation_mesh_axes("heads", 4) is None
+    assert activations.constrain(x, ("batch", None)) is x
+    assert activations.activation_mesh_axes("heads", 4) is None
 
 
 def test_activation_mesh_axes_follow_the_logical_rules():
     mesh = abstract_mesh(2, 4, fsdp=1)
-    assert pt.activation_mesh_axes("batch", 8, mesh) == "data"
-    assert pt.activation_mesh_axes("heads", 4, mesh) == "model"
-    assert pt.activation_mesh_axes("batch", 8, abstract_mesh(2, 1, fsdp=2)) == ("data", "fsdp")
-    assert pt.activation_mesh_axes("length", 8, mesh) is None
+    assert activations.activation_mesh_axes("batch", 8, mesh) == "data"
+    assert activations.activation_mesh_axes("heads", 4, mesh) == "model"
+    assert activations.activation_mesh_axes("batch", 8, abstract_mesh(2, 1, fsdp=2)) == ("data", "fsdp")
+    assert activations.activation_mesh_axes("length", 8, mesh) is None
     with pytest.raises(ValueError, match="heads"):
-        pt.activation_mesh_axes("heads", 6, mesh)
+        activations.activation_mesh_axes("heads", 6, mesh)
 
 
 def test_manual_axes_are_left_out_of_specs():
     # Inside data_parallel's shard_map the "data" axis is manual: arrays there are one data
     # shard, so specs (constrain, the Pallas op's shard_map) may only name the other axes.
     manual = jax.sharding.AxisType.Manual, jax.sharding.AxisType.Auto, jax.sharding.AxisType.Auto
-    mesh = AbstractMesh((2, 2, 4), pt.MESH_AXES, axis_types=manual)
-    assert pt.manual_axes(mesh) == {"data"}
-    assert pt.manual_axes(abstract_mesh(2, 4)) == frozenset()
-    assert pt.activation_mesh_axes("batch", 8, mesh) == "fsdp"
-    assert pt.activation_mesh_axes("heads", 4, mesh) == "model"
-    assert pt.logical_to_spec(("batch", None, "heads"), (4, 3, 8), mesh) == P("fsdp", None, "model")
+    mesh = AbstractMesh((2, 2, 4), device_mesh.MESH_AXES, axis_types=manual)
+    assert logical_axes.manual_axes(mesh) == {"data"}
+    assert logical_axes.manual_axes(abstract_mesh(2, 4)) == frozenset()
+    assert activations.activation_mesh_axes("batch", 8, mesh) == "fsdp"
+    assert activations.activation_mesh_axes("heads", 4, mesh) == "model"
+    assert logical_axes.logical_to_spec(("batch", None, "heads"), (4, 3, 8), mesh) == P("fsdp", None, "model")
 
 
 def test_data_parallel_and_batch_psum_are_identities_without_a_mesh():
     def per_shard(params, batch):
-        return pt.batch_psum({"sum": jnp.sum(batch * params)})
-    wrapped = pt.data_parallel(per_shard)
+        return data_parallel.batch_psum({"sum": jnp.sum(batch * params)})
+    wrapped = data_parallel.data_parallel(per_shard)
     out = wrapped(jnp.float32(2.0), jnp.arange(4.0))
     assert float(out["sum"]) == 12.0
 
 
 def test_host_shard_info_single_process():
-    assert pt.host_shard_info() == (0, 1)
-    assert pt.host_shard_info(pt.make_mesh(pt.mesh_config_defaults())) == (0, 1)
+    assert multihost.host_shard_info() == (0, 1)
+    assert multihost.host_shard_info(device_mesh.make_mesh(device_mesh.mesh_config_defaults())) == (0, 1)
 
 
 def test_initialize_distributed_is_a_noop_for_one_process():
-    assert pt.initialize_distributed(environ={}) == (0, 1)
-    assert pt.initialize_distributed("localhost:1234", 1, 0) == (0, 1)      # a job of one process
+    assert multihost.initialize_distributed(environ={}) == (0, 1)
+    assert multihost.initialize_distributed("localhost:1234", 1, 0) == (0, 1)      # a job of one process
     with pytest.raises(ValueError, match="num_processes"):
-        pt.initialize_distributed(coordinator_address="localhost:1234")
+        multihost.initialize_distributed(coordinator_address="localhost:1234")
     with pytest.raises(ValueError, match="process_id"):
-        pt.initialize_distributed(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "SLEEPJAX_NUM_PROCESSES": "2"})
+        multihost.initialize_distributed(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "SLEEPJAX_NUM_PROCESSES": "2"})
     with pytest.raises(ValueError, match="SLEEPJAX_PROCESS_ID"):
-        pt.initialize_distributed(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "SLEEPJAX_NUM_PROCESSES": "2",
+        multihost.initialize_distributed(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "SLEEPJAX_NUM_PROCESSES": "2",
                                            "SLEEPJAX_PROCESS_ID": "x"})
     with pytest.raises(ValueError, match="process_id"):
-        pt.initialize_distributed("localhost:1234", 2, 5)
+        multihost.initialize_distributed("localhost:1234", 2, 5)
 
 
 def test_make_global_batch_single_host():
-    mesh = pt.make_mesh(pt.mesh_config_defaults())
-    batch = pt.make_global_batch({"inputs": np.arange(6).reshape(2, 3)}, mesh)
+    mesh = device_mesh.make_mesh(device_mesh.mesh_config_defaults())
+    batch = multihost.make_global_batch({"inputs": np.arange(6).reshape(2, 3)}, mesh)
     np.testing.assert_array_equal(np.asarray(batch["inputs"]), np.arange(6).reshape(2, 3))
     with pytest.raises(ValueError, match="scalar"):
-        pt.make_global_batch({"x": np.float32(1)}, mesh)
-
-
-# --------------------------------------------------------------------------- HLO parser
-
-_HLO = """HloModule jit_f, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
-
-FileNames
-1 "/repo/sleepjax/ops/gdr_recurrent.py"
-2 "/repo/sleepjax/models/sleep_lm.py"
-
-FunctionNames
-1 "scan_tokens"
-2 "sleep_passes"
-
-FileLocations
-1 {file_name_id=1 function_name_id=1 line=10 end_line=10 column=1 end_column=1}
-2 {file_name_id=2 function_name_id=2 line=20 end_line=20 column=1 end_column=1}
-
-StackFrames
-1 {file_location_id=1 parent_frame_id=1}
-2 {file_location_id=2 parent_frame_id=2}
-
-%add (x: f32[], y: f32[]) -> f32[] {
-  %x = f32[] parameter(0)
-  %y = f32[] parameter(1)
-  ROOT %s = f32[] add(%x, %y)
-}
-
-%inner_body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
-  %p = (s32[], f32[8]{0}) parameter(0)
-  %i = s32[] get-tuple-element(%p), index=0
-  %v = f32[8]{0} get-tuple-element(%p), index=1
-  %m = f32[8]{0} multiply(%v, %v)
-  ROOT %t = (s32[], f32[8]{0}) tuple(%i, %m)
-}
-
-%inner_cond (p: (s32[], f32[8])) -> pred[] {
-  %p = (s32[], f32[8]{0}) parameter(0)
-  ROOT %c = pred[] constant(true)
-}
-
-%outer_body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
-  %p = (s32[], f32[8]{0}) parameter(0)
-  %w = (s32[], f32[8]{0}) while(%p), condition=%inner_cond, body=%inner_body, metadata={op_name="w" stack_frame_id=1}, backend_config={"known_trip_count":{"n":"4"}}
-  %v = f32[8]{0} get-tuple-element(%w), index=1
-  %ar = f32[8]{0} all-reduce(%v), channel_id=1, replica_groups={{0,1}}, to_apply=%add
-  %i = s32[] get-tuple-element(%w), index=0
-  ROOT %t = (s32[], f32[8]{0}) tuple(%i, %ar)
-}
-
-ENTRY %main (a: f32[8]) -> f32[8] {
-  %a = f32[8]{0} parameter(0)
-  %ag = f32[16]{0} all-gather(%a), channel_id=2, dimensions={0}
-  %z = s32[] constant(0)
-  %t = (s32[], f32[8]{0}) tuple(%z, %a)
-  %w2 = (s32[], f32[8]{0}) while(%t), condition=%inner_cond, body=%outer_body, metadata={op_name="w2" stack_frame_id=2}, backend_config={"known_trip_count":{"n":"3"}}
-  ROOT %r = f32[8]{0} get-tuple-element(%w2), index=1
-}
-"""
-
-
-def test_hlo_parser_counts_bytes_and_finds_loops():
-    module = hlo_collectives.HloModule(_HLO)
-    # all-gather operand f32[8] once; all-reduce f32[8] inside a loop run 3 times
-    assert module.bytes_by_kind() == {"all-gather": 32, "all-reduce": 3 * 32}
-    assert module.bytes_by_kind(include_loops=False) == {"all-gather": 32}
-    loops = {lp.name: lp for lp in module.while_loops()}
-    assert loops["w"].function == "scan_tokens" and not loops["w"].has_collectives
-    assert loops["w"].trip_count == 4
-    assert loops["w2"].function == "sleep_passes" and loops["w2"].collectives == {"all-reduce": 1}
-    assert [lp.name for lp in hlo_collectives.loops_in(list(loops.values()), ("sleepjax/ops/",))] == ["w"]
-    assert hlo_collectives.shape_bytes("(bf16[2,3]{1,0}, s32[])") == 2 * 6 + 4
+        multihost.make_global_batch({"x": np.float32(1)}, mesh)
