@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest_model import BATCH, max_rel_err, model_config, params_for
+from support.model import BATCH, max_rel_err, model_config, params_for
 from sleepjax.models.attention import attention, zero_kv_cache
 from sleepjax.models.gated_deltanet import (GDNCache, causal_conv, gated_deltanet,
                                             zero_conv_history)

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from conftest_ops import ARG_NAMES, compare_to_recurrent, cotangents, make_inputs, rel_rms
+from support.ops import ARG_NAMES, compare_to_recurrent, cotangents, make_inputs, rel_rms
 from pallas_kernels.gated_delta_rule.pallas import gated_delta_rule_pallas, kernel_geometry
 from sleepjax.ops import gated_delta_rule
 
@@ -158,7 +158,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-    from conftest_ops import make_inputs, rel_rms
+    from support.ops import make_inputs, rel_rms
     from sleepjax.ops import gated_delta_rule
     assert jax.device_count() == 4
     args = make_inputs(0, 2, 40, 4, 16, 16)
@@ -199,8 +199,8 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 def test_multi_device_inputs_run_under_shard_map():
     """4 fake CPU devices in a subprocess (the flag must not leak into this process)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")])
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([tests, os.path.dirname(tests), env.get("PYTHONPATH", "")])
     result = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT], env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0 and "MULTI_DEVICE_OK" in result.stdout, result.stderr[-3000:]

@@ -18,7 +18,7 @@ from sleepjax.data.layout import (check_answers_in_prediction_window, prediction
                                   sleeping_windows)
 from sleepjax.training.config import load_config_module, validate_config
 
-from conftest_training import REPO
+from support.training import REPO
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, "experiments", "*.py")))
 CASES = [(path, variant) for path in EXPERIMENTS

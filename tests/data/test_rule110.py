@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sleepjax.data as data
-from conftest_data import check_record_contract, identities
+from support.data import check_record_contract, identities
 
 # Wolfram code 110 written out as its 8 neighbourhoods (left, centre, right) -> new centre.
 RULE110_TABLE = {

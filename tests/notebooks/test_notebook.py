@@ -15,7 +15,7 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is in the package's [test] extras")
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "sleepjax_demo.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "sleepjax_demo.ipynb"
 CELL_TIMEOUT_S = 600
 
 

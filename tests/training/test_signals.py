@@ -20,7 +20,7 @@ import pytest
 
 from sleepjax.training.trainer import train_and_evaluate
 
-from conftest_training import (REPO, enable_compilation_cache, tensorboard_records, tiny_config,
+from support.training import (REPO, enable_compilation_cache, tensorboard_records, tiny_config,
                                write_tiny_config_file)
 
 # Long enough that a signal sent once checkpoint 5 is on disk arrives well before the end.

@@ -13,7 +13,7 @@ from sleepjax.training.optimizer import (ADAMW, MUON, label_for, make_optimizer,
                                          warmup_stable_decay)
 from sleepjax.parallel.logical_axes import path_to_str
 
-from conftest_training import tiny_config
+from support.training import tiny_config
 
 
 def _abstract_params(**overrides):

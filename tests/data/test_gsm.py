@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sleepjax.data as data
-from conftest_data import check_record_contract, identities
+from support.data import check_record_contract, identities
 
 
 def parse_problem(source, record):

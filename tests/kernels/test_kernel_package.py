@@ -9,7 +9,7 @@ import pathlib
 import subprocess
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 KERNELS = REPO / "pallas_kernels"
 
 

@@ -1,4 +1,4 @@
-"""Shared checks for the data tests (imported explicitly by tests/test_data_*.py)."""
+"""Shared checks for the data tests (imported by tests/data/test_*.py)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from sleepjax.training.interrupts import TrainingInterrupted
 from sleepjax.training.trainer import train_and_evaluate
 from sleepjax.training.workdir_lock import WorkdirBusyError, WorkdirLock
 
-from conftest_training import REPO, enable_compilation_cache, tiny_config
+from support.training import REPO, enable_compilation_cache, tiny_config
 
 RUN = {"train__steps": 8, "train__checkpoint_every": 4, "train__eval_every": 4}
 

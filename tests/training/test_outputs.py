@@ -23,7 +23,7 @@ from sleepjax.training import logging as run_logging
 from sleepjax.training.checkpointing import Checkpointer, TrainedParams, load_params
 from sleepjax.training.trainer import train_and_evaluate
 
-from conftest_training import enable_compilation_cache, tiny_config
+from support.training import enable_compilation_cache, tiny_config
 
 STEPS = 2
 HOST_FILES = {"config.json", "config.txt", "tensorboard", "train_log.jsonl", "eval.json",

@@ -11,7 +11,7 @@ import pytest
 from sleepjax.training.checkpointing import Checkpointer, ConfigMismatchError
 from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
 
-from conftest_training import enable_compilation_cache, tiny_config
+from support.training import enable_compilation_cache, tiny_config
 
 STEPS = 12
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest_model import (BATCH, VOCAB, WINDOW, forward, max_rel_err, model_config, params_for,
+from support.model import (BATCH, VOCAB, WINDOW, forward, max_rel_err, model_config, params_for,
                             sleep_config, tokens)
 from sleepjax.models import SleepLM, forward_sequence, init_params, masked_cross_entropy
 from sleepjax.models import layers

@@ -9,7 +9,7 @@ import pytest
 from sleepjax import data
 from sleepjax.training.config import apply_overrides, config_differences, validate_config
 
-from conftest_training import RULE110, tiny_config
+from support.training import RULE110, tiny_config
 from sleepjax.training.config import load_config
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the training / config / checkpoint tests (imported explicitly)."""
+"""Helpers shared by the training / config / checkpoint tests (imported as support.training)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 from sleepjax import data
 from sleepjax.training.config import apply_overrides, load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(TESTS)
 RULE110 = os.path.join(REPO, "experiments", "rule110.py")
 
 # A Rule 110 instance small enough to compile and run in seconds: 2 states of 8 cells
@@ -61,8 +62,8 @@ def write_tiny_config_file(path, **overrides) -> str:
     (``--config=<path>``); returns ``path``."""
     with open(path, "w") as f:
         f.write("import sys\n"
-                f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
-                "from conftest_training import tiny_config\n\n\n"
+                f"sys.path.insert(0, {TESTS!r})\n"
+                "from support.training import tiny_config\n\n\n"
                 "def get_config(arg=None):\n"
                 f"    cfg = tiny_config(**{overrides!r})\n"
                 "    cfg.lock()\n"

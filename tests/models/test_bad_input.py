@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest_model import BATCH, VOCAB, WINDOW, model_config, params_for, sleep_config, tokens
+from support.model import BATCH, VOCAB, WINDOW, model_config, params_for, sleep_config, tokens
 from sleepjax import inference
 from sleepjax.models import ModelConfig, SleepConfig, SleepLM, masked_cross_entropy, validate_tokens
 

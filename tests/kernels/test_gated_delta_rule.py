@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest_ops import ARG_NAMES, compare_to_recurrent, cotangents, make_inputs, rel_rms
+from support.ops import ARG_NAMES, compare_to_recurrent, cotangents, make_inputs, rel_rms
 from pallas_kernels.gated_delta_rule import xla
 from pallas_kernels.gated_delta_rule.chunk_math import unit_lower_inverse
 from sleepjax.ops import gated_delta_rule

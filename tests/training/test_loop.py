@@ -15,20 +15,12 @@ from sleepjax.sweep import default_eval_passes, run_sweep, sweep_points, sweep_s
 from sleepjax.training import stats
 from sleepjax.training.config import load_config_module
 
-from conftest_training import REPO, RULE110, TINY_OVERRIDES, enable_compilation_cache, tiny_config
+from support.training import REPO, RULE110, TINY_OVERRIDES, tiny_config
 
 STEPS = 12
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("jax_cache"))
-    undo = enable_compilation_cache(directory)
-    yield directory
-    undo()
-
-
-def test_sweep_end_to_end_and_cli(cache_dir, tmp_path, monkeypatch):
+def test_sweep_end_to_end_and_cli(compilation_cache_dir, tmp_path, monkeypatch):
     """Two N x two seeds, each evaluated at N' in {1, 2} (compilations shared through the cache)."""
     workdir = str(tmp_path / "sweep")
     cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=6, train__eval_every=6)
@@ -83,7 +75,7 @@ def test_sweep_end_to_end_and_cli(cache_dir, tmp_path, monkeypatch):
     cli_dir = str(tmp_path / "cli")
     proc = _cli([f"--workdir={cli_dir}", "--config.sleep.passes=2",
                  *_tiny_flags(**{"train.steps": STEPS, "train.checkpoint_every": 6,
-                                 "train.eval_every": 6})], cache_dir)
+                                 "train.eval_every": 6})], compilation_cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["step"] == STEPS

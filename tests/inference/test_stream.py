@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest_model import (BATCH, WINDOW, forward, max_rel_err, model_config, params_for,
+from support.model import (BATCH, WINDOW, forward, max_rel_err, model_config, params_for,
                             sleep_config, tokens)
 from sleepjax import inference
 
