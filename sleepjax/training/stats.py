@@ -143,9 +143,9 @@ def format_report(summary: Mapping) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Baselines from the {base['answers']['all']} test answers evaluated: chance = "
-                 f"1 / distinct answers; always-majority = accuracy of always giving the most "
-                 f"frequent answer; its answer loss column is the loss of predicting each answer "
-                 f"token from its marginal distribution (nats per token).")
+                 "uniform guessing over the possible answers; always-majority = accuracy of always "
+                 "giving the most frequent answer; its answer loss column is the loss of predicting "
+                 "each answer token from its marginal distribution (nats per token).")
     loss_levels = sorted({k for s in settings for k in s["loss"] if k != "all"}, key=_level_key)
     if len(loss_levels) > 1:
         lines += ["", f"Answer loss per {name} (nats per answer token; mean ± std over seeds):", "",
