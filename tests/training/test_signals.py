@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from sleepjax.sweep import point_name
 from sleepjax.training.trainer import train_and_evaluate
 
 from support.training import (REPO, enable_compilation_cache, tensorboard_records, tiny_config,
@@ -96,7 +97,8 @@ def test_ctrl_c_stops_a_sweep_cleanly_with_one_line(cache_env, tmp_path):
     config_file = write_tiny_config_file(tmp_path / "experiment.py", **RUN)
     sweep_dir = str(tmp_path / "sweep")
     proc = _start("sleepjax.sweep", config_file, sweep_dir, cache_env, "--passes=1")
-    run_dir = os.path.join(sweep_dir, "passes1")
+    # One point: N = 1 with the config's own seed (no get_seeds() in the written config file).
+    run_dir = os.path.join(sweep_dir, point_name({"sleep.passes": 1}, tiny_config(**RUN).train.seed))
     _wait_for_step(run_dir, 6, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=400)
