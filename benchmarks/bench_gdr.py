@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from machine_info import machine_description  # benchmarks/, beside this script
 from sleepjax.ops import gated_delta_rule
 
 
@@ -102,17 +101,6 @@ def peak_bytes(compiled):
         return float("nan")
     return (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
             - mem.alias_size_in_bytes)
-
-
-def machine_description():
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return f"{platform.node()}: nproc={os.cpu_count()}, {cpu}; jax {jax.__version__} on {jax.default_backend()} ({devices})"
 
 
 def time_alternating(runners, repeats, block):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import rule110  # noqa: E402
+from machine_info import machine_description  # noqa: E402  (benchmarks/, beside this script)
 from sleepjax import data  # noqa: E402
 from sleepjax.models.sleep_lm import SleepLM  # noqa: E402
 from sleepjax.training.config import validate_config  # noqa: E402
@@ -116,16 +116,6 @@ def matmul_runner(rows, inner, cols):
     b = jnp.asarray(rng.standard_normal((inner, cols), np.float32))
     compiled = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
     return (lambda: jax.block_until_ready(compiled(a, b))), 2.0 * rows * inner * cols
-
-
-def machine_description():
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.node()}: nproc={os.cpu_count()}, {cpu}; jax {jax.__version__} on {jax.default_backend()}"
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ import pytest
 from sleepjax.training.checkpointing import Checkpointer, ConfigMismatchError
 from sleepjax.training.trainer import NonFiniteError, train_and_evaluate
 
-from support.training import enable_compilation_cache, tiny_config
+from support.training import tiny_config
 
 STEPS = 12
 
@@ -20,14 +20,7 @@ class _Killed(Exception):
     """Stands in for the process being killed between two steps."""
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    undo = enable_compilation_cache(str(tmp_path_factory.mktemp("jax_cache")))
-    yield
-    undo()
-
-
-def test_resume_outputs_and_refusal(compile_cache, tmp_path):
+def test_resume_outputs_and_refusal(compilation_cache_dir, tmp_path):
     """One test (one compilation): straight run, killed run + resumption, outputs, refusal."""
     cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=6)
     straight_dir = str(tmp_path / "straight")
@@ -77,7 +70,7 @@ def test_resume_outputs_and_refusal(compile_cache, tmp_path):
     assert "train.eval_every" not in message
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(compile_cache, tmp_path):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(compilation_cache_dir, tmp_path):
     # A huge learning rate makes the second step's loss non-finite.
     cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=1, optim__muon_lr=1e30,
                       optim__adam_lr=1e30, optim__clip_norm=0.0, optim__warmup_fraction=0.0)

@@ -22,7 +22,7 @@ from sleepjax.training.interrupts import TrainingInterrupted
 from sleepjax.training.trainer import train_and_evaluate
 from sleepjax.training.workdir_lock import WorkdirBusyError, WorkdirLock
 
-from support.training import REPO, enable_compilation_cache, tiny_config
+from support.training import REPO, tiny_config
 
 RUN = {"train__steps": 8, "train__checkpoint_every": 4, "train__eval_every": 4}
 
@@ -32,14 +32,7 @@ class _Killed(Exception):
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    undo = enable_compilation_cache(str(tmp_path_factory.mktemp("jax_cache")))
-    yield
-    undo()
-
-
-@pytest.fixture(scope="module")
-def finished_run(compile_cache, tmp_path_factory):
+def finished_run(compilation_cache_dir, tmp_path_factory):
     """``(workdir, result)`` of a straight 8-step run (checkpoints 4 and 8, evaluations 4, 8)."""
     workdir = str(tmp_path_factory.mktemp("finished") / "run")
     return workdir, train_and_evaluate(tiny_config(**RUN), workdir)
@@ -80,7 +73,7 @@ def test_a_busy_workdir_is_refused_at_once_naming_the_holder(tmp_path):
         pass
 
 
-def test_evaluations_survive_interrupts_and_wall_time_adds_up(compile_cache, finished_run,
+def test_evaluations_survive_interrupts_and_wall_time_adds_up(compilation_cache_dir, finished_run,
                                                               tmp_path, monkeypatch):
     cfg = tiny_config(**RUN)
     # Killed while evaluating step 4 (a checkpoint step): no evaluation may be skipped on resume.
