@@ -13,10 +13,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.gated_delta_rule.reference import recurrent_step
 from sleepjax.models.config import ModelConfig
 from sleepjax.models.layers import compute_dtype, dense, rms_norm
 from sleepjax.ops import gated_delta_rule
-from sleepjax.ops.gdr_recurrent import recurrent_step
 
 GDN_STREAMS = ("q", "k", "v")   # projected, convolved and activated separately
 

@@ -39,55 +39,48 @@ def answer_outcomes(correct: np.ndarray, answer_id: np.ndarray, difficulty: np.n
     return (right[present] == tokens[present]), level[present]
 
 
-class ExactMatchTally:
-    """Accumulates answer outcomes over batches; :meth:`result` gives accuracy per difficulty."""
+class _PerDifficultyMean:
+    """Sums and counts kept per difficulty; ``result()`` gives each difficulty's mean and the
+    pooled mean over all of them (``"all"``)."""
 
     def __init__(self):
-        self._right: dict[int, int] = {}
-        self._total: dict[int, int] = {}
+        self._sum: dict[int, float] = {}
+        self._count: dict[int, int] = {}
 
-    def add(self, correct, answer_id, difficulty) -> None:
-        ok, level = answer_outcomes(correct, answer_id, difficulty)
-        for value in np.unique(level):
-            sel = level == value
-            self._right[int(value)] = self._right.get(int(value), 0) + int(ok[sel].sum())
-            self._total[int(value)] = self._total.get(int(value), 0) + int(sel.sum())
+    def _add(self, values: np.ndarray, levels: np.ndarray) -> None:
+        for value in np.unique(levels):
+            sel = levels == value
+            self._sum[int(value)] = self._sum.get(int(value), 0) + values[sel].sum()
+            self._count[int(value)] = self._count.get(int(value), 0) + int(sel.sum())
 
     def result(self) -> dict[str, float]:
-        """``{"<difficulty>": accuracy, ..., "all": accuracy}`` (string keys, JSON-ready)."""
-        out = {str(k): self._right[k] / self._total[k] for k in sorted(self._total)}
-        total = sum(self._total.values())
-        out["all"] = sum(self._right.values()) / total if total else float("nan")
+        """``{"<difficulty>": mean, ..., "all": pooled mean}`` (string keys, JSON-ready)."""
+        out = {str(k): float(self._sum[k] / self._count[k]) for k in sorted(self._count)}
+        total = sum(self._count.values())
+        out["all"] = float(sum(self._sum.values()) / total) if total else float("nan")
         return out
 
     def counts(self) -> dict[str, int]:
-        out = {str(k): self._total[k] for k in sorted(self._total)}
-        out["all"] = sum(self._total.values())
+        out = {str(k): self._count[k] for k in sorted(self._count)}
+        out["all"] = sum(self._count.values())
         return out
 
 
-class LossTally:
+class ExactMatchTally(_PerDifficultyMean):
+    """Accumulates answer outcomes over batches; :meth:`result` gives accuracy per difficulty."""
+
+    def add(self, correct, answer_id, difficulty) -> None:
+        ok, level = answer_outcomes(correct, answer_id, difficulty)
+        self._add(ok.astype(np.int64), level)
+
+
+class LossTally(_PerDifficultyMean):
     """Mean answer-token cross-entropy per difficulty (the paper's Fig. 3 is test loss per k)."""
 
-    def __init__(self):
-        self._nats: dict[int, float] = {}
-        self._tokens: dict[int, int] = {}
-
     def add(self, token_loss, loss_mask, difficulty) -> None:
-        token_loss, on_answer = np.asarray(token_loss), np.asarray(loss_mask) > 0
-        levels = np.asarray(difficulty)[on_answer]
-        losses = token_loss[on_answer].astype(np.float64)
-        for value in np.unique(levels):
-            sel = levels == value
-            self._nats[int(value)] = self._nats.get(int(value), 0.0) + float(losses[sel].sum())
-            self._tokens[int(value)] = self._tokens.get(int(value), 0) + int(sel.sum())
-
-    def result(self) -> dict[str, float]:
-        """``{"<difficulty>": mean loss, ..., "all": pooled mean}`` (nats per answer token)."""
-        out = {str(k): self._nats[k] / self._tokens[k] for k in sorted(self._tokens)}
-        total = sum(self._tokens.values())
-        out["all"] = sum(self._nats.values()) / total if total else float("nan")
-        return out
+        on_answer = np.asarray(loss_mask) > 0
+        self._add(np.asarray(token_loss)[on_answer].astype(np.float64),
+                  np.asarray(difficulty)[on_answer])
 
 
 def iterate_eval_batches(source, num_examples: int, batch_size: int) -> Iterable[tuple[dict, int]]:
