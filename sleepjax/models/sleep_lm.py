@@ -57,6 +57,22 @@ def zero_previous_window_kv(cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size
 
 # ----------------------------------------------------------------------------- 1. wake
 
+def wake_hidden(params, tokens, caches, position, model_cfg, sleep_cfg, prev_kv=None,
+                prev_valid=None):
+    """:func:`wake_pass` without the final norm and head.
+
+    Returns ``(h_top [B, T, d], h_loop, caches)``: ``h_top`` is the output of the last block
+    (what :func:`~sleepjax.models.blocks.output_logits` turns into logits).
+    """
+    _, loop_end = sleep_cfg.resolved_loop_range(model_cfg.num_layers)
+    h = embed(params, tokens, model_cfg)
+    h_loop, caches = run_blocks(params, h, caches, range(loop_end), position, model_cfg,
+                                prev_kv, prev_valid)
+    h_top, caches = run_blocks(params, h_loop, caches, range(loop_end, model_cfg.num_layers),
+                               position, model_cfg, prev_kv, prev_valid)
+    return h_top, h_loop, caches
+
+
 def wake_pass(params, tokens, caches, position, model_cfg, sleep_cfg, prev_kv=None, prev_valid=None):
     """Pass 1 over ``tokens [B, T]`` at ``position`` in the current window.
 
@@ -68,12 +84,8 @@ def wake_pass(params, tokens, caches, position, model_cfg, sleep_cfg, prev_kv=No
     ``loop_end - 1`` (the input of the first sleep pass) and ``caches`` every layer's cache after
     the tokens (attention: the window's rotated keys and values).
     """
-    _, loop_end = sleep_cfg.resolved_loop_range(model_cfg.num_layers)
-    h = embed(params, tokens, model_cfg)
-    h_loop, caches = run_blocks(params, h, caches, range(loop_end), position, model_cfg,
-                                prev_kv, prev_valid)
-    h_top, caches = run_blocks(params, h_loop, caches, range(loop_end, model_cfg.num_layers),
-                               position, model_cfg, prev_kv, prev_valid)
+    h_top, h_loop, caches = wake_hidden(params, tokens, caches, position, model_cfg, sleep_cfg,
+                                        prev_kv, prev_valid)
     return output_logits(params, h_top, model_cfg), h_loop, caches
 
 
@@ -132,43 +144,50 @@ def sleep(params, h_loop, fast, kv, model_cfg, sleep_cfg, prev_kv=None, prev_val
 
 # ----------------------------------------------------------------------------- 4. windows
 
-def sleeping_window(params, carry, window_tokens, model_cfg, sleep_cfg):
+def sleeping_window(params, carry, window_tokens, model_cfg, sleep_cfg, head=True):
     """One full window: wake pass, sleep passes 2..N, eviction.
 
     ``carry`` is ``(fast, prev_kv, prev_valid)``, what crosses window boundaries; returns
-    ``(carry, logits [B, L, vocab])``.
+    ``(carry, logits [B, L, vocab])``, or ``(carry, h [B, L, d])`` (the wake pass's last
+    block output, no head computed) when ``head`` is False.
     """
     fast, prev, prev_valid = carry
-    logits, h_loop, caches = wake_pass(params, window_tokens, fast_weight_caches(fast), 0,
-                                       model_cfg, sleep_cfg, prev, prev_valid)
+    h_top, h_loop, caches = wake_hidden(params, window_tokens, fast_weight_caches(fast), 0,
+                                        model_cfg, sleep_cfg, prev, prev_valid)
     fast = fast_weights_of(caches, fast)
     kv = {name: tuple(caches[name]) for name in attn_layer_names(model_cfg)}
     fast, prev = sleep(params, h_loop, fast, kv, model_cfg, sleep_cfg, prev, prev_valid)
-    return (fast, prev, jnp.asarray(True)), logits
+    out = output_logits(params, h_top, model_cfg) if head else h_top
+    return (fast, prev, jnp.asarray(True)), out
 
 
-def sleep_over_windows(params, carry, tokens, model_cfg, sleep_cfg):
+def sleep_over_windows(params, carry, tokens, model_cfg, sleep_cfg, head=True):
     """:func:`sleeping_window` scanned over ``tokens [B, n*L]`` (whole windows, each sleeps).
 
     Shared by the training forward and streaming prefill, so both run the same code. Each
     window is rematerialised when ``sleep_cfg.remat`` (only matters under differentiation).
-    Returns ``(carry, logits [B, n*L, vocab])``.
+    Returns ``(carry, logits [B, n*L, vocab])``, or ``(carry, h [B, n*L, d])`` when ``head``
+    is False (the training forward: consolidation windows carry no loss, so their head is
+    never computed).
     """
     bsz, total = tokens.shape
     window = sleep_cfg.window
-    step = functools.partial(sleeping_window, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
+    step = functools.partial(sleeping_window, model_cfg=model_cfg, sleep_cfg=sleep_cfg, head=head)
     if sleep_cfg.remat:
         step = jax.checkpoint(step)
     windows = tokens.reshape(bsz, total // window, window).swapaxes(0, 1)
-    carry, logits = jax.lax.scan(lambda c, w: step(params, c, w), carry, windows)
-    return carry, logits.swapaxes(0, 1).reshape(bsz, total, -1)
+    carry, out = jax.lax.scan(lambda c, w: step(params, c, w), carry, windows)
+    return carry, out.swapaxes(0, 1).reshape(bsz, total, -1)
 
 
-def forward_sequence(params, tokens, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
-    """Pure training forward: ``tokens [B, T] int -> logits [B, T, vocab] float32``.
+def forward_hidden(params, tokens, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
+    """The training forward up to the head: ``tokens [B, T] int -> h [B, T, d]``.
 
-    See the module docstring for the window / sleep semantics. ``tokens`` are not validated
-    here (see :func:`sleepjax.models.validate_tokens`).
+    ``h`` is every window's wake-pass output of the last block (compute dtype, before the
+    final norm); ``output_logits(params, h, model_cfg)`` gives :func:`forward_sequence`'s
+    logits. No head is computed here, so a loss can apply it only where it has weight
+    (:func:`sleepjax.models.losses.gathered_token_losses`): with a large vocabulary the
+    full-sequence logits ``[B, T, vocab]`` would dominate training memory.
     """
     bsz, seq = tokens.shape
     window = sleep_cfg.window
@@ -176,15 +195,26 @@ def forward_sequence(params, tokens, model_cfg: ModelConfig, sleep_cfg: SleepCon
     fast = zero_fast_weights(model_cfg, bsz)
     prev = zero_previous_window_kv(model_cfg, sleep_cfg, bsz)
     prev_valid = jnp.asarray(False)
-    logits = []
+    hidden = []
     if n_sleeping:
         (fast, prev, prev_valid), full = sleep_over_windows(
-            params, (fast, prev, prev_valid), tokens[:, :n_sleeping * window], model_cfg, sleep_cfg)
-        logits.append(full)
-    last, _, _ = wake_pass(params, tokens[:, n_sleeping * window:], fast_weight_caches(fast), 0,
-                           model_cfg, sleep_cfg, prev, prev_valid)
-    logits.append(last)
-    return jnp.concatenate(logits, axis=1) if len(logits) > 1 else logits[0]
+            params, (fast, prev, prev_valid), tokens[:, :n_sleeping * window], model_cfg,
+            sleep_cfg, head=False)
+        hidden.append(full)
+    last, _, _ = wake_hidden(params, tokens[:, n_sleeping * window:], fast_weight_caches(fast), 0,
+                             model_cfg, sleep_cfg, prev, prev_valid)
+    hidden.append(last)
+    return jnp.concatenate(hidden, axis=1) if len(hidden) > 1 else hidden[0]
+
+
+def forward_sequence(params, tokens, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
+    """Pure training forward: ``tokens [B, T] int -> logits [B, T, vocab] float32``.
+
+    The head over :func:`forward_hidden` (one path). See the module docstring for the window /
+    sleep semantics. ``tokens`` are not validated here (see
+    :func:`sleepjax.models.validate_tokens`).
+    """
+    return output_logits(params, forward_hidden(params, tokens, model_cfg, sleep_cfg), model_cfg)
 
 
 # ----------------------------------------------------------------------------- module
@@ -211,8 +241,10 @@ class SleepLM(nn.Module):
 
     ``SleepLM(model_cfg, sleep_cfg).init(rng, tokens)`` creates the parameters (layout in
     :mod:`sleepjax.models`); ``.apply({"params": p}, tokens)`` returns float32 logits
-    ``[B, T, vocab]`` (see :func:`forward_sequence`). Concrete token ids outside
-    ``[0, vocab)`` raise ValueError before any compute.
+    ``[B, T, vocab]`` (see :func:`forward_sequence`); ``.apply({"params": p}, tokens,
+    hidden=True)`` returns the hidden states ``[B, T, d]`` before the final norm and head (see
+    :func:`forward_hidden`; the training loss applies the head only at its loss positions).
+    Concrete token ids outside ``[0, vocab)`` raise ValueError before any compute.
 
     Like any linen ``init``, ``SleepLM.init`` also runs the forward (eagerly unless jitted);
     :func:`init_params` builds the same tree without it.
@@ -222,9 +254,10 @@ class SleepLM(nn.Module):
     sleep_cfg: SleepConfig
 
     @nn.compact
-    def __call__(self, tokens):
+    def __call__(self, tokens, hidden: bool = False):
         check_configs(self.model_cfg, self.sleep_cfg)
         validate_tokens(tokens, self.model_cfg.vocab_size)
         declare_lm_params(self.model_cfg)
-        return forward_sequence(self.variables["params"], jnp.asarray(tokens), self.model_cfg,
-                                self.sleep_cfg)
+        forward = forward_hidden if hidden else forward_sequence
+        return forward(self.variables["params"], jnp.asarray(tokens), self.model_cfg,
+                       self.sleep_cfg)
