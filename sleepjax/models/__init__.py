@@ -1,7 +1,8 @@
 """Models: the sleeping hybrid LM (:class:`SleepLM`), its configs, and a full-attention baseline.
 
 Public surface: :class:`ModelConfig`, :class:`SleepConfig`, :class:`SleepLM`, :func:`init_params`,
-:func:`forward_sequence` (the pure forward), :func:`validate_tokens`, :func:`masked_cross_entropy`,
+:func:`forward_sequence` (the pure forward; :func:`forward_hidden` stops before the head),
+:func:`validate_tokens`, :func:`masked_cross_entropy`,
 :class:`FullAttentionLM` (benchmark baseline). Streaming lives in :mod:`sleepjax.inference`.
 
 Parameter tree (float32 leaves; every kernel is ``[in, out]``; ``H*D`` dims are head-major so
@@ -27,11 +28,12 @@ from sleepjax.models.baseline import FullAttentionLM
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.models.losses import masked_cross_entropy
 from sleepjax.models.params import param_table
-from sleepjax.models.sleep_lm import SleepLM, forward_sequence, init_params
+from sleepjax.models.sleep_lm import SleepLM, forward_hidden, forward_sequence, init_params
 from sleepjax.models.validation import validate_tokens
 
 if __doc__:   # None under python -OO
     __doc__ += param_table() + "\n"   # derived from the declarations, so it cannot drift
 
 __all__ = ["ModelConfig", "SleepConfig", "SleepLM", "FullAttentionLM", "forward_sequence",
+           "forward_hidden",
            "init_params", "validate_tokens", "masked_cross_entropy"]

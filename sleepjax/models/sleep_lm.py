@@ -13,7 +13,8 @@ Semantics (PAPER.md 4.2, with the project's fixed choices):
   the final norm); each GDN layer continues from the S the previous pass left. Consolidation
   windows have no loss in Algorithm 1, so their (wake-pass) logits are simply unused there; this
   makes the forward identical to the streaming rule "sleep when the window fills"
-  (``sleepjax.inference``).
+  (``sleepjax.inference``). The training loss uses :func:`forward_hidden`, which never computes
+  the head (no logits at all; the loss applies the head at its loss positions only).
 * Then the window is **evicted** (:func:`evict`): only S crosses a window boundary (hard
   eviction). Under sliding eviction the rotated K/V of the last ``L-1`` wake-pass tokens of
   every attention layer cross it too, so a wake token attends to the previous ``L-1`` tokens;
