@@ -28,8 +28,8 @@ Note on XLA:CPU: it computes bfloat16 matmuls in float32 (float normalisation), 
 activation buffers of the "bfloat16" rows are float32 here; a GPU keeps them in bfloat16.
 The CPU numbers are therefore an upper bound for the accelerator's activations.
 
-  python benchmarks/bench_memory_fit.py              # ~10 min on 2 busy cores
-  python benchmarks/bench_memory_fit.py --quick      # L = 2000, N = 1 and 4, no timing
+  python benchmarks/bench_memory_fit.py              # ~20 min on 2 loaded cores (24 compiles)
+  python benchmarks/bench_memory_fit.py --quick      # L = 2000, N = 1 and 4, no timing (~3 min)
 """
 
 from __future__ import annotations
