@@ -9,7 +9,9 @@ An experiment is an ``ml_collections.ConfigDict`` with six sections:
   ``None``: the task's natural window is used),
 * ``optim`` -- :class:`OptimConfig` fields,
 * ``train`` -- :class:`TrainConfig` fields,
-* ``mesh``  -- device-mesh settings (:mod:`sleepjax.parallel.mesh`).
+* ``mesh``  -- device-mesh settings (:mod:`sleepjax.parallel.mesh`),
+* ``init``  -- optional: start from pretrained / another run's weights, insert GDN blocks
+  (:mod:`sleepjax.training.initialization`).
 
 :func:`validate_config` checks every section before anything is built or traced and raises
 one ``ValueError`` naming the full key (``sleep.window``, ``task.t``, ...).
@@ -26,8 +28,10 @@ import ml_collections
 
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.parallel.mesh import mesh_config_defaults, validate_mesh_config
+from sleepjax.training.initialization import InitConfig, init_section_defaults, resolve_model
 
 SECTIONS = ("task", "model", "sleep", "optim", "train", "mesh")
+OPTIONAL_SECTIONS = ("init",)   # absent = its defaults (configs saved before it existed)
 
 
 def _is_int(value) -> bool:
@@ -77,9 +81,16 @@ class OptimConfig:
     warmup_fraction: float = 0.0025
     decay_fraction: float = 0.6
     min_lr_ratio: float = 1e-3
+    # Parameter groups that train; empty = all. Regexes over '/'-joined parameter paths
+    # ("blocks_3/gdn/wq"), each matching a whole path or a leading run of whole components:
+    # "blocks_1" selects blocks_1/... (not blocks_10/...), r"blocks_(2|5)/gdn" two GDN mixers.
+    # The rest is frozen: exactly zero updates, no optimiser moments (optimizer.make_optimizer).
+    trainable: tuple[str, ...] = ()
 
     def __post_init__(self):
         p = "optim"
+        from sleepjax.training.optimizer import check_trainable_patterns
+        object.__setattr__(self, "trainable", check_trainable_patterns(self.trainable))
         for name in ("muon_lr", "adam_lr"):
             value = getattr(self, name)
             if not _is_number(value) or not value > 0 or not math.isfinite(value):
@@ -156,6 +167,7 @@ class ResolvedConfig:
     mesh: ml_collections.ConfigDict
     seq_len: int                     # T of every example of the task
     data_parallel_size: int          # devices the batch is split over
+    init: InitConfig = InitConfig()  # where step-0 parameters come from (default: init_params)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -177,6 +189,7 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.optim = ml_collections.ConfigDict(dataclasses.asdict(OptimConfig()))
     cfg.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
     cfg.mesh = mesh_config_defaults()
+    cfg.init = init_section_defaults()
     return cfg
 
 
@@ -204,9 +217,10 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     if not isinstance(cfg, (ml_collections.ConfigDict, Mapping)):
         raise ValueError(f"config: expected an ml_collections.ConfigDict, got {type(cfg).__name__}")
     keys = set(cfg.keys())
-    unknown = sorted(keys - set(SECTIONS))
+    unknown = sorted(keys - set(SECTIONS) - set(OPTIONAL_SECTIONS))
     if unknown:
-        raise ValueError(f"config: unknown section(s) {unknown}; known sections are {list(SECTIONS)}")
+        raise ValueError(f"config: unknown section(s) {unknown}; known sections are "
+                         f"{list(SECTIONS + OPTIONAL_SECTIONS)}")
     missing = [s for s in SECTIONS if s not in keys]
     if missing:
         raise ValueError(f"config: missing section(s) {missing}")
@@ -228,9 +242,14 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     optim = OptimConfig.from_dict(_as_dict(cfg["optim"]))
     train = TrainConfig.from_dict(_as_dict(cfg["train"]))
     sleep = SleepConfig.from_dict(sleep_values)
+    init = InitConfig.from_dict(_as_dict(cfg["init"])) if "init" in keys else InitConfig()
 
     source = data.make_source(task_cfg, "train", train.seed)
-    model = ModelConfig.from_dict({**model_values, "vocab_size": int(source.vocab_size)})
+    if init.active:   # the architecture comes from the source (initialization.resolve_model)
+        model = resolve_model(init, model_values, int(source.vocab_size))
+    else:
+        model = ModelConfig.from_dict({**model_values, "vocab_size": int(source.vocab_size)})
+    _check_trainable(optim, model)
     sleep.resolved_loop_range(model.num_layers)  # raises naming sleep.loop_range
     seq_len = int(source.seq_len)
     if sleep.window > seq_len:
@@ -249,7 +268,23 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
         raise ValueError(f"train.eval_batch_size: must be divisible by the data-parallel size {dp} "
                          f"(got {train.eval_batch_size})")
     return ResolvedConfig(task=task_cfg, model=model, sleep=sleep, optim=optim, train=train,
-                          mesh=mesh_cfg, seq_len=seq_len, data_parallel_size=dp)
+                          mesh=mesh_cfg, seq_len=seq_len, data_parallel_size=dp, init=init)
+
+
+def _check_trainable(optim: OptimConfig, model: ModelConfig) -> None:
+    """``optim.trainable``: every pattern must select a parameter of ``model``."""
+    if not optim.trainable:
+        return
+    from sleepjax.models.params import flatten_layout, layout_options, lm_layout
+    from sleepjax.training.optimizer import unmatched_patterns
+
+    paths = [path for path, _ in flatten_layout(
+        lm_layout(model.layer_pattern, model.tie_embeddings, layout_options(model)))]
+    unmatched = unmatched_patterns(paths, optim.trainable)
+    if unmatched:
+        raise ValueError(f"optim.trainable: {unmatched} select(s) no parameter of the model "
+                         f"(layer_pattern {model.layer_pattern!r}; paths look like "
+                         f"'blocks_0/mixer_norm/scale', 'embed/embedding')")
 
 
 # Keys that may differ between a checkpoint's config and the config resuming from it: they
@@ -260,6 +295,10 @@ RESUMABLE_KEYS = (
     "train.async_checkpointing", "train.progress_bar",
 )
 RESUMABLE_PREFIXES = ("mesh.",)   # a checkpoint restores onto any mesh
+# Keys added after checkpoints were first written: absent from a saved config means this value.
+ADDED_KEY_DEFAULTS = {"optim.trainable": [], **{
+    f"init.{f.name}": list(f.default) if isinstance(f.default, tuple) else f.default
+    for f in dataclasses.fields(InitConfig)}}
 
 
 def flatten_config(cfg) -> dict[str, Any]:
@@ -297,7 +336,8 @@ def config_differences(saved, current) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):
             continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+        absent = ADDED_KEY_DEFAULTS.get(key, "<absent>")
+        if a.get(key, absent) != b.get(key, absent):
             diffs.append(f"{key}: checkpoint has {a.get(key, '<absent>')!r}, "
                          f"config has {b.get(key, '<absent>')!r}")
     return diffs

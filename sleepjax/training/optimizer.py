@@ -8,7 +8,8 @@ norm is clipped first, and both learning rates follow one warmup-stable-decay mu
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import jax
 import optax
@@ -18,6 +19,8 @@ from sleepjax.training.config import OptimConfig
 
 MUON = "muon"
 ADAMW = "adamw"
+TRAINABLE = "trainable"
+FROZEN = "frozen"
 
 # Path components that mark a parameter as not a hidden matrix: the input embedding and the
 # LM head (exact names), anything inside a short convolution or a norm (substrings), and
@@ -83,8 +86,48 @@ def warmup_stable_decay(peak: float, total_steps: int, warmup_fraction: float,
     return optax.join_schedules(pieces, boundaries)
 
 
+def check_trainable_patterns(patterns, key: str = "optim.trainable") -> tuple[str, ...]:
+    """``patterns`` as a tuple of compiled-checked regex strings, or ValueError naming ``key``."""
+    if isinstance(patterns, str) or not isinstance(patterns, Sequence):
+        raise ValueError(f"{key}: must be a tuple of regexes over '/'-joined parameter paths, "
+                         f"e.g. ('blocks_3/gdn',) (got {patterns!r})")
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"{key}: every pattern must be a non-empty string (got {pattern!r})")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"{key}: {pattern!r} is not a regex ({error})") from None
+    return tuple(patterns)
+
+
+def is_trainable(path: str, patterns: Sequence[str]) -> bool:
+    """Whether the parameter at ``path`` ('/'-joined) trains under ``optim.trainable=patterns``:
+    yes if there are none, or if one matches the whole path or a leading run of its components."""
+    return not patterns or any(re.fullmatch(f"(?:{p})(?:/.*)?", path) for p in patterns)
+
+
+def unmatched_patterns(paths: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """The patterns that select none of ``paths`` (a config error: probably a typo)."""
+    return [p for p in patterns if not any(is_trainable(path, (p,)) for path in paths)]
+
+
+def trainable_labels(params, patterns: Sequence[str]) -> Any:
+    """A pytree like ``params`` with ``"trainable"`` / ``"frozen"`` leaves (see :func:`is_trainable`)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: TRAINABLE if is_trainable("/".join(_path_names(path)), patterns)
+        else FROZEN, params)
+
+
 def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm, then Muon on ``"muon"``-labelled leaves and AdamW on the rest."""
+    """Clip by global norm, then Muon on ``"muon"``-labelled leaves and AdamW on the rest.
+
+    With ``optim.trainable`` (see :class:`~sleepjax.training.config.OptimConfig`) only the
+    selected parameters go through that chain: the others get ``optax.set_to_zero`` (exactly
+    zero updates, no weight decay), hold no Muon / AdamW moments (``optax.multi_transform``
+    hands the inner chain a tree with the frozen leaves masked out) and do not count in the
+    clipping norm.
+    """
     def schedule(peak):
         return warmup_stable_decay(peak, total_steps, optim.warmup_fraction,
                                    optim.decay_fraction, optim.min_lr_ratio)
@@ -101,4 +144,9 @@ def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransf
     if optim.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(optim.clip_norm))
     parts.append(optax.multi_transform({MUON: muon, ADAMW: adamw}, param_labels))
-    return optax.chain(*parts)
+    chain = optax.chain(*parts)
+    patterns = optim.trainable
+    if not patterns:
+        return chain
+    return optax.multi_transform({TRAINABLE: chain, FROZEN: optax.set_to_zero()},
+                                 lambda params: trainable_labels(params, patterns))
