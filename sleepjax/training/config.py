@@ -89,7 +89,7 @@ class OptimConfig:
 
     def __post_init__(self):
         p = "optim"
-        from sleepjax.training.optimizer import check_trainable_patterns
+        from sleepjax.training.param_groups import check_trainable_patterns
         object.__setattr__(self, "trainable", check_trainable_patterns(self.trainable))
         for name in ("muon_lr", "adam_lr"):
             value = getattr(self, name)
@@ -276,7 +276,7 @@ def _check_trainable(optim: OptimConfig, model: ModelConfig) -> None:
     if not optim.trainable:
         return
     from sleepjax.models.params import flatten_layout, layout_options, lm_layout
-    from sleepjax.training.optimizer import unmatched_patterns
+    from sleepjax.training.param_groups import unmatched_patterns
 
     paths = [path for path, _ in flatten_layout(
         lm_layout(model.layer_pattern, model.tie_embeddings, layout_options(model)))]

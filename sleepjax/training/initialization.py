@@ -32,7 +32,7 @@ is an error naming it. The task's vocabulary must equal the source's ``vocab_siz
 trainer saves the config with the resolved architecture written into its ``model`` section
 (:func:`explicit_model_section`), so the run's checkpoints are self-describing
 (``load_params`` never needs the source again). A run that resumes from its own checkpoint
-ignores the source.
+ignores the source. The step-0 parameters are built by :mod:`sleepjax.training.warm_start`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import ml_collections
 
 from sleepjax.models.config import ModelConfig
 
+CHECKPOINT_SUBDIR = "checkpoints"   # as checkpointing.CHECKPOINT_SUBDIR (a run's checkpoints)
 # ModelConfig fields a run may choose whatever its source: how it computes, not what.
 NON_ARCHITECTURE_KEYS = ("dtype", "gdn_impl", "gdn_chunk_size")
 
@@ -137,29 +138,50 @@ def load_pretrained_params(path: str):
 
 
 def _run_model_config(workdir: str, step: int | None) -> ModelConfig:
-    """The resolved ModelConfig of a sleepjax run's checkpoint (its config only is read)."""
-    from sleepjax.training.checkpointing import (CHECKPOINT_SUBDIR, Checkpointer,
-                                                 _resolve_model_configs)
-    from sleepjax.training.config import unflatten_config
+    """The ModelConfig of a sleepjax run's checkpoint, from the config saved with it (read with
+    orbax directly: ``checkpointing`` imports this module's users)."""
+    import orbax.checkpoint as ocp
 
-    directory = os.path.join(workdir, CHECKPOINT_SUBDIR)
+    from sleepjax import data
+
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))
     if not os.path.isdir(directory):
-        raise ValueError(f"init.from_run: {workdir!r} holds no checkpoint (no {CHECKPOINT_SUBDIR}/ "
-                         "of a sleepjax run)")
-    with Checkpointer(directory, keep=1, async_save=False, write_manifests=False) as ck:
-        steps = ck.all_steps()
+        raise ValueError(f"init.from_run: {workdir!r} holds no checkpoint (no "
+                         f"{CHECKPOINT_SUBDIR}/ of a sleepjax run)")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                                    item_handlers={"config": ocp.JsonCheckpointHandler()})
+    try:
+        steps = sorted(manager.all_steps())
         if not steps:
             raise ValueError(f"init.from_run: {workdir!r} holds no checkpoint")
         if step is not None and step not in steps:
             raise ValueError(f"init.from_run_step: {workdir!r} has no checkpoint of step {step}; "
                              f"saved steps: {steps}")
-        saved = ck.saved_config(steps[-1] if step is None else step)
+        saved = dict(manager.restore(steps[-1] if step is None else step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))["config"])
+    finally:
+        manager.close()
+    # A saved config has its architecture written out (explicit_model_section); the vocabulary
+    # is its task's.
+    task = _unflatten({k[len("task."):]: v for k, v in saved.items() if k.startswith("task.")})
+    values = {k[len("model."):]: v for k, v in saved.items() if k.startswith("model.")}
     try:
-        model, _ = _resolve_model_configs(unflatten_config(saved))
-    except ValueError as error:
-        raise ValueError(f"init.from_run: the config saved in {workdir!r} does not validate "
-                         f"({error})") from None
-    return model
+        vocab = int(data.make_source(task, "train", int(saved.get("train.seed", 0))).vocab_size)
+        return ModelConfig.from_dict({**values, "vocab_size": vocab})
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"init.from_run: the config saved in {workdir!r} does not give a "
+                         f"model ({error})") from None
+
+
+def _unflatten(flat: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(nested)
 
 
 def source_model_config(init: InitConfig) -> ModelConfig:
@@ -180,7 +202,7 @@ def source_model_config(init: InitConfig) -> ModelConfig:
     return _run_model_config(init.from_run, init.from_run_step)
 
 
-def _architecture(cfg: ModelConfig) -> dict[str, Any]:
+def architecture(cfg: ModelConfig) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)
             if f.name not in NON_ARCHITECTURE_KEYS and f.name != "vocab_size"}
 
@@ -196,7 +218,7 @@ def resolve_model(init: InitConfig, model_values: Mapping[str, Any], vocab_size:
         raise ValueError(f"{init.source_key}: the source's vocab_size {source.vocab_size} differs "
                          f"from the task's vocabulary {vocab_size}; use a task whose tokenizer "
                          "is the source's")
-    final = _architecture(source)
+    final = architecture(source)
     if init.insert_gdn_at:
         positions = validate_positions(init.insert_gdn_at, source.num_layers,
                                        key="init.insert_gdn_at")
@@ -221,45 +243,3 @@ def explicit_model_section(cfg, model: ModelConfig) -> ml_collections.ConfigDict
     values["model"] = {f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)
                        if f.name != "vocab_size"}
     return ml_collections.ConfigDict(values)
-
-
-# --------------------------------------------------------------------------- the parameters
-
-def initial_params(init: InitConfig, model: ModelConfig, rng):
-    """The step-0 parameters of a run with an ``init`` source, for ``model`` (the run's
-    resolved config): the source's parameters with the inserted blocks. ``rng``: the key the
-    trainer would pass to ``init_params`` (the new blocks' values come from it)."""
-    from sleepjax.models.surgery import insert_blocks
-
-    if init.checkpoint_dir:
-        params, source = load_pretrained_params(init.checkpoint_dir)
-    else:
-        from sleepjax.training.checkpointing import load_params
-        loaded = load_params(init.from_run, init.from_run_step)
-        params, source = loaded.params, loaded.model
-    if init.insert_gdn_at:
-        params, source = insert_blocks(params, source, init.insert_gdn_at, init.insert_kind,
-                                       rng, zero_output=init.insert_zero_output)
-    if _architecture(source) != _architecture(model) or source.vocab_size != model.vocab_size:
-        raise ValueError(f"{init.source_key}: the loaded model's config differs from the one "
-                         f"validated for this run (did the source change?): {source} vs {model}")
-    return params
-
-
-def check_params_match(params, abstract_params, key: str) -> None:
-    """Raise naming the first differing leaves if ``params`` is not shaped like the model's."""
-    import jax
-
-    def flat(tree):
-        return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype))
-                for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-    got, want = flat(params), flat(abstract_params)
-    problems = [f"{k} missing" for k in sorted(want.keys() - got.keys())]
-    problems += [f"{k} unexpected" for k in sorted(got.keys() - want.keys())]
-    problems += [f"{k} is {got[k]}, the model needs {want[k]}"
-                 for k in sorted(want.keys() & got.keys()) if got[k] != want[k]]
-    if problems:
-        more = f" ... and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise ValueError(f"{key}: the loaded parameters do not fit the model: "
-                         + "; ".join(problems[:5]) + more)

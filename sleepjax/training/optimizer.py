@@ -8,19 +8,17 @@ norm is clipped first, and both learning rates follow one warmup-stable-decay mu
 
 from __future__ import annotations
 
-import re
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import optax
 from optax import contrib as optax_contrib
 
 from sleepjax.training.config import OptimConfig
+from sleepjax.training.param_groups import FROZEN, TRAINABLE, trainable_labels
 
 MUON = "muon"
 ADAMW = "adamw"
-TRAINABLE = "trainable"
-FROZEN = "frozen"
 
 # Path components that mark a parameter as not a hidden matrix: the input embedding and the
 # LM head (exact names), anything inside a short convolution or a norm (substrings), and
@@ -84,39 +82,6 @@ def warmup_stable_decay(peak: float, total_steps: int, warmup_fraction: float,
         boundaries.append(warmup + stable)
         pieces.append(optax.linear_schedule(peak, floor, decay))
     return optax.join_schedules(pieces, boundaries)
-
-
-def check_trainable_patterns(patterns, key: str = "optim.trainable") -> tuple[str, ...]:
-    """``patterns`` as a tuple of compiled-checked regex strings, or ValueError naming ``key``."""
-    if isinstance(patterns, str) or not isinstance(patterns, Sequence):
-        raise ValueError(f"{key}: must be a tuple of regexes over '/'-joined parameter paths, "
-                         f"e.g. ('blocks_3/gdn',) (got {patterns!r})")
-    for pattern in patterns:
-        if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"{key}: every pattern must be a non-empty string (got {pattern!r})")
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"{key}: {pattern!r} is not a regex ({error})") from None
-    return tuple(patterns)
-
-
-def is_trainable(path: str, patterns: Sequence[str]) -> bool:
-    """Whether the parameter at ``path`` ('/'-joined) trains under ``optim.trainable=patterns``:
-    yes if there are none, or if one matches the whole path or a leading run of its components."""
-    return not patterns or any(re.fullmatch(f"(?:{p})(?:/.*)?", path) for p in patterns)
-
-
-def unmatched_patterns(paths: Sequence[str], patterns: Sequence[str]) -> list[str]:
-    """The patterns that select none of ``paths`` (a config error: probably a typo)."""
-    return [p for p in patterns if not any(is_trainable(path, (p,)) for path in paths)]
-
-
-def trainable_labels(params, patterns: Sequence[str]) -> Any:
-    """A pytree like ``params`` with ``"trainable"`` / ``"frozen"`` leaves (see :func:`is_trainable`)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: TRAINABLE if is_trainable("/".join(_path_names(path)), patterns)
-        else FROZEN, params)
 
 
 def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:

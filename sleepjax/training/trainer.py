@@ -43,7 +43,7 @@ from sleepjax.parallel.mesh import make_mesh, validate_model_for_mesh
 from sleepjax.parallel.multihost import batch_sharding, host_shard_info, make_global_batch
 from sleepjax.parallel.state_shardings import train_state_shardings
 from sleepjax.training import evaluate as evaluation
-from sleepjax.training import initialization
+from sleepjax.training import initialization, warm_start
 from sleepjax.training.checkpointing import CHECKPOINT_SUBDIR, CheckpointDamagedError, Checkpointer
 from sleepjax.training.config import ResolvedConfig, validate_config
 from sleepjax.training.interrupts import StopRequests, TrainingInterrupted
@@ -252,8 +252,8 @@ def _state_from_source(rc: ResolvedConfig, optimizer, rng, abstract_state, state
     """Step 0 of a run with an ``init`` source: its parameters (with any inserted blocks, drawn
     from the key ``init_train_state`` would draw parameters from), a fresh optimiser state."""
     init_rng, state_rng = jax.random.split(rng)
-    params = initialization.initial_params(rc.init, rc.model, init_rng)
-    initialization.check_params_match(params, abstract_state.params, rc.init.source_key)
+    params = warm_start.initial_params(rc.init, rc.model, init_rng)
+    warm_start.check_params_match(params, abstract_state.params, rc.init.source_key)
     params = jax.device_put(params, state_shardings.params)
 
     def fresh_state(params, state_rng):

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from sleepjax.models import init_params
-from sleepjax.training import initialization
+from sleepjax.training import initialization, warm_start
 from sleepjax.training.checkpointing import load_params
 from sleepjax.training.config import OptimConfig, validate_config
-from sleepjax.training.optimizer import make_optimizer, trainable_labels
+from sleepjax.training.optimizer import make_optimizer
+from sleepjax.training.param_groups import trainable_labels
 from sleepjax.training.trainer import train_and_evaluate
 
 from support.training import tiny_config
@@ -120,7 +121,7 @@ def test_checkpoint_dir_architecture_vocab_and_insertion(tmp_path, monkeypatch):
     assert validate_config(explicit).model == rc.model
     # step-0 parameters: the source's blocks moved, the new ones zero-output init_params blocks
     init_rng = jax.random.split(jax.random.PRNGKey(0))[0]
-    start = initialization.initial_params(rc.init, rc.model, init_rng)
+    start = warm_start.initial_params(rc.init, rc.model, init_rng)
     for old, new in ((0, 0), (1, 2), (2, 3)):
         for a, b in zip(jax.tree.leaves(params[f"blocks_{old}"]),
                         jax.tree.leaves(start[f"blocks_{new}"])):
@@ -166,7 +167,7 @@ def test_from_run_with_inserted_block_and_frozen_groups(first_run, tmp_path):
     rc = validate_config(cfg)
     assert rc.model.layer_pattern == "AGG"
     init_rng = jax.random.split(jax.random.PRNGKey(0))[0]
-    start = initialization.initial_params(rc.init, rc.model, init_rng)
+    start = warm_start.initial_params(rc.init, rc.model, init_rng)
     moved = {"blocks_0": "blocks_0", "blocks_2": "blocks_1", "embed": "embed",
              "final_norm": "final_norm"}
     for new, old in moved.items():    # step 0 = run 1's final parameters (+ the new block)
