@@ -35,6 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from sleepjax.data import fields as F
+from sleepjax.data import gsm_infinite
 from sleepjax.data.source import Example, ProceduralSource
 from sleepjax.data.tokenizers import Tokenizer
 
@@ -113,16 +114,14 @@ def check(cfg: Mapping[str, Any]) -> None:
               f"every value must be in [1, max_ops={cfg['max_ops']}]", cfg["eval_ops"])
     F.require(2 <= cfg["max_value"] <= 999, "max_value", "must be in [2, 999]", cfg["max_value"])
     if cfg["gsm_infinite_files"]:
-        from sleepjax.data.gsm_infinite import check_files   # it imports this module
-
-        check_files(cfg)
+        gsm_infinite.check_files(cfg)
     else:
         for key in ("gsm_infinite_test_files", "tokenizer_path"):
             F.require(not cfg[key], key, "is only used with gsm_infinite_files (set that too)",
                       cfg[key])
         needed = min_seq_len(cfg["max_ops"], cfg["max_value"])
-        F.require(cfg["seq_len"] >= needed, "seq_len",
-                  f"must be >= {needed} to fit a {cfg['max_ops']}-operation problem", cfg["seq_len"])
+        F.require(cfg["seq_len"] >= needed, "seq_len", f"must be >= {needed} to fit a "
+                  f"{cfg['max_ops']}-operation problem", cfg["seq_len"])
     F.require(1 <= cfg["window"] <= cfg["seq_len"], "window",
               f"must be in [1, seq_len={cfg['seq_len']}]", cfg["window"])
     for key in ("num_train", "num_test"):
@@ -319,12 +318,19 @@ class GsmSource(ProceduralSource):
                        identity=identity)
 
 
+class PublishedGsmSource(gsm_infinite.GsmInfiniteSource):
+    """Records of this task from published GSM-Infinite rows (:mod:`sleepjax.data.gsm_infinite`)."""
+
+    task_name = NAME
+    fields = FIELDS
+    check_config = staticmethod(check)
+    difficulty_name = DIFFICULTY_NAME
+
+
 def make_source(task_cfg: Mapping[str, Any], split: str, seed: int):
     """Our generator, or the published GSM-Infinite rows when ``gsm_infinite_files`` is set."""
     if task_cfg.get("gsm_infinite_files"):
-        from sleepjax.data.gsm_infinite import GsmInfiniteSource   # it imports this module
-
-        return GsmInfiniteSource(task_cfg, split, seed)
+        return PublishedGsmSource(task_cfg, split, seed)
     return GsmSource(task_cfg, split, seed)
 
 

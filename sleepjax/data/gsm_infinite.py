@@ -39,12 +39,11 @@ import functools
 import hashlib
 import logging
 import operator
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from sleepjax.data import fields as F
-from sleepjax.data import gsm
 from sleepjax.data import gsm_infinite_rows as rows_io
 from sleepjax.data.source import Example, _check_split_and_seed, example_to_record, split_of
 from sleepjax.data.text_tokenizers import FittedWordTokenizer, PretrainedTokenizer, tokenizer_file
@@ -53,7 +52,9 @@ logger = logging.getLogger(__name__)
 
 PROMPT = "Question: {question}\n\n{problem}\n\nAnswer:"
 ANSWER = " {answer}"
-TRAIN_KEY, TEST_KEY, TOKENIZER_KEY = "gsm_infinite_files", "gsm_infinite_test_files", "tokenizer_path"
+# The task-config keys this module reads (errors name them).
+TRAIN_KEY, TEST_KEY = "gsm_infinite_files", "gsm_infinite_test_files"
+TOKENIZER_KEY = "tokenizer_path"
 _ORDER_KEY = b"sleepjax-gsm-infinite-order-v1"
 
 
@@ -100,8 +101,8 @@ def _load(stamps: tuple) -> tuple[list[rows_io.Row], list[rows_io.Row], Any]:
     if tokenizer_stamps:
         tokenizer = PretrainedTokenizer(tokenizer_stamps[0][0], TOKENIZER_KEY)
     else:
-        tokenizer = FittedWordTokenizer(
-            text for row in train + test for text in (prompt_text(row), ANSWER.format(answer=row.answer)))
+        tokenizer = FittedWordTokenizer(text for row in train + test for text in
+                                        (prompt_text(row), ANSWER.format(answer=row.answer)))
     return train, test, tokenizer
 
 
@@ -118,6 +119,9 @@ def _prepare(stamps: tuple, split: str, op_range: tuple[int, ...], seq_len: int,
     else:
         candidates = [row for row in train_rows if split_of(row.identity) == split]
     total = len(candidates)
+    if not candidates:
+        raise ValueError(f"task.{TRAIN_KEY}: the hash split of its {len(train_rows)} rows leaves "
+                         f"the {split} split empty; give more rows or {TEST_KEY}")
     ops_key = "eval_ops" if split == "test" else "min_ops / task.max_ops"
     rows = [row for row in candidates if row.op in op_range]
     skipped = {"ops": len(candidates) - len(rows)}
@@ -159,11 +163,15 @@ class GsmInfiniteSource:
 
     Has the attributes of the procedural sources (``tokenizer``, ``seq_len``, ``window``,
     ``difficulty_name``, ``eval_difficulties``, ``vocab_size``), is picklable, and adds
-    ``skipped`` (rows left out, by reason) and :meth:`earliest_loss_position`.
+    ``skipped`` (rows left out, by reason) and :meth:`earliest_loss_position`. Like
+    ``ProceduralSource``, a subclass names its task config (``sleepjax.data.gsm`` does, which
+    keeps this module free of an import of the task module).
     """
 
-    task_name = gsm.NAME
-    difficulty_name = gsm.DIFFICULTY_NAME
+    task_name: str                            # the task.name these records belong to
+    fields: Mapping[str, F.Field]             # that task's config fields
+    check_config: Callable[[dict], None]      # that task's cross-field check
+    difficulty_name = "ops"
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
         _check_split_and_seed(split, seed)
@@ -171,12 +179,12 @@ class GsmInfiniteSource:
         if values.get("name") != self.task_name:
             raise ValueError(f"task.name: {type(self).__name__} reads {self.task_name!r} records "
                              f"(got {values.get('name')!r})")
-        cfg = F.validate_fields(gsm.NAME, gsm.FIELDS, gsm.check, values)
+        cfg = F.validate_fields(self.task_name, self.fields, self.check_config, values)
         if not cfg[TRAIN_KEY]:
             raise ValueError(f"task.{TRAIN_KEY}: names no file; {type(self).__name__} reads "
                              f"published rows (leave it empty to use the generator)")
         self.task_cfg, self.split, self.seed = cfg, split, int(seed)
-        self.seq_len, self.window = gsm.seq_len(cfg), gsm.default_window(cfg)
+        self.seq_len, self.window = cfg["seq_len"], cfg["window"]
         if split == "train":
             op_range, limit = tuple(range(cfg["min_ops"], cfg["max_ops"] + 1)), cfg["num_train"]
         else:

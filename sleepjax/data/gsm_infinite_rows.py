@@ -144,7 +144,8 @@ def _check_row(key: str, raw: Any, where: str) -> Row:
     answer = parse_answer(raw["solution"])
     if answer is None:
         raise _fail(key, f"{where}: cannot parse the answer from the solution (expected "
-                         f"'Answer: <integer>' or a final integer; got ...{raw['solution'][-80:]!r})")
+                         f"'Answer: <integer>' or a final integer; got "
+                         f"...{raw['solution'][-80:]!r})")
     return Row(question=raw["question"].strip(), problem=raw["problem"].strip(), answer=answer,
                op=int(op), where=where)
 

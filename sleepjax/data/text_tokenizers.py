@@ -2,9 +2,9 @@
 vocabulary fitted on the files when no checkpoint is used.
 
 Both expose what the data sources need: ``vocab_size``, ``pad_id``, ``encode_text(str) -> int32
-ids`` and ``decode(ids) -> str``. Special tokens are never added by ``encode_text``: the record
-layout concatenates separately encoded segments, and a post-processor's BOS / EOS inside the
-sequence would sit between the prompt and the answer.
+ids``, ``decode(ids) -> str`` and ``decode_tokens(ids) -> list[str]``. Special tokens are never
+added by ``encode_text``: the record layout concatenates separately encoded segments, and a
+post-processor's BOS / EOS inside the sequence would sit between the prompt and the answer.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ class PretrainedTokenizer:
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         return [np.asarray(e.ids, np.int32) for e in encodings]
 
+    def decode_tokens(self, ids: Iterable[int], *, skip_pad: bool = False) -> list[str]:
+        """Token strings, one per id (as the project's Tokenizer, for display)."""
+        return [self._tokenizer.id_to_token(int(i)) for i in np.asarray(ids).reshape(-1)
+                if not (skip_pad and int(i) == self.pad_id)]
+
     def decode(self, ids: Iterable[int], *, skip_pad: bool = False) -> str:
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
         if skip_pad:
@@ -111,6 +116,9 @@ class FittedWordTokenizer:
 
     def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
         return [self.encode_text(t) for t in texts]
+
+    def decode_tokens(self, ids: Iterable[int], *, skip_pad: bool = False) -> list[str]:
+        return self.words.decode_tokens(ids, skip_pad=skip_pad)
 
     def decode(self, ids: Iterable[int], *, skip_pad: bool = False) -> str:
         return self.words.decode(ids, skip_pad=skip_pad)

@@ -38,7 +38,8 @@ def published_row(i: int) -> dict:
         value += extra
     facts.insert(1, f"The number of newborn crow in {PLACES[i % 4]} equals {i + 5}.")  # distractor
     return {"id": i, "template": "crazy_zootopia", "mode": "normal", "length": 0, "d": 2,
-            "op": op, "problem": " ".join(facts), "question": f"What is the number of {names[-1]}?",
+            "op": op, "problem": " ".join(facts),
+            "question": f"What is the number of {names[-1]}?",
             "solution": " ".join(steps) + f" Answer: {value}.",
             "messages": [{"role": "user", "content": "..."}]}
 
@@ -56,8 +57,10 @@ def write_tokenizer(tmp_path, rows) -> str:
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    texts = [r[k] for r in rows for k in ("problem", "question", "solution")] + ["Question Answer :"]
-    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "[UNK]"]))
+    texts = [r[k] for r in rows for k in ("problem", "question", "solution")]
+    texts.append("Question Answer :")
+    trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "[UNK]"])
+    tokenizer.train_from_iterator(texts, trainer)
     path = os.path.join(tmp_path, "tokenizer.json")
     tokenizer.save(path)
     return path
@@ -84,7 +87,8 @@ def all_records(cfg):
 
 
 def row_of(identity: bytes) -> dict:
-    return next(r for r in ROWS if identity.endswith((r["question"] + "\0" + r["problem"]).encode()))
+    return next(r for r in ROWS
+                if identity.endswith((r["question"] + "\0" + r["problem"]).encode()))
 
 
 def test_question_first_no_chain_of_thought_answer_is_the_only_loss(files):
@@ -183,8 +187,10 @@ def test_answers_land_in_the_final_window(files):
 
 
 @pytest.mark.parametrize("row,message", [
-    ({k: v for k, v in ROWS[0].items() if k != "question"}, r"row 2 \(id 0\): missing field.*question"),
-    ({**ROWS[0], "solution": "Define x as 3. Answer: unknown."}, r"row 2 \(id 0\): cannot parse the answer"),
+    ({k: v for k, v in ROWS[0].items() if k != "question"},
+     r"row 2 \(id 0\): missing field.*question"),
+    ({**ROWS[0], "solution": "Define x as 3. Answer: unknown."},
+     r"row 2 \(id 0\): cannot parse the answer"),
     ({**ROWS[0], "op": "four"}, r"row 2 \(id 0\): field 'op' must be an int"),
     ("{not json", r"line 3 is not valid JSON"),
 ])
@@ -196,9 +202,12 @@ def test_bad_rows_name_the_key_file_and_row(tmp_path, row, message):
 
 def test_bad_paths_name_the_key(files, tmp_path):
     rows_path, _ = files
-    cases = [(dict(gsm_infinite_files=str(tmp_path / "nope.jsonl")), r"task\.gsm_infinite_files: no such"),
-             (dict(gsm_infinite_files=str(tmp_path / "*.parq")), r"task\.gsm_infinite_files: the pattern"),
-             (dict(tokenizer_path=str(tmp_path / "none")), r"task\.tokenizer_path: no tokenizer file"),
+    cases = [(dict(gsm_infinite_files=str(tmp_path / "nope.jsonl")),
+              r"task\.gsm_infinite_files: no such"),
+             (dict(gsm_infinite_files=str(tmp_path / "*.parq")),
+              r"task\.gsm_infinite_files: the pattern"),
+             (dict(tokenizer_path=str(tmp_path / "none")),
+              r"task\.tokenizer_path: no tokenizer file"),
              (dict(gsm_infinite_files="", gsm_infinite_test_files=rows_path),
               r"task\.gsm_infinite_test_files: is only used with gsm_infinite_files")]
     for overrides, message in cases:
@@ -248,7 +257,8 @@ def test_experiment_config_and_trainer_batches(files):
     from sleepjax.training.config import load_config, validate_config
 
     rows_path, tokenizer_path = files
-    cfg = common.apply_overrides(load_config(os.path.join(REPO, "experiments", "gsm.py") + ":tiny"), {
+    tiny = load_config(os.path.join(REPO, "experiments", "gsm.py") + ":tiny")
+    cfg = common.apply_overrides(tiny, {
         "task.gsm_infinite_files": rows_path, "task.tokenizer_path": tokenizer_path,
         "task.eval_ops": (1, 2, 3, 4)})
     rc = validate_config(cfg, num_devices=1)
