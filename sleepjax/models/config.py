@@ -14,6 +14,7 @@ _DTYPES = ("float32", "bfloat16")
 _GDN_IMPLS = ("recurrent", "chunked", "pallas")
 _EVICTIONS = ("hard", "sliding")
 _POSITION_ENCODINGS = ("rope", "none")
+_CODAS = ("after_loop", "wake_only")
 
 
 def _fail(prefix: str, field: str, msg: str, value: Any) -> ValueError:
@@ -176,6 +177,10 @@ class SleepConfig:
     passes: int = 1                  # N: passes over a full window, the wake pass included
     eviction: str = "hard"           # "hard": clear the KV cache; "sliding": keep the last L-1 tokens
     loop_range: tuple[int, int] | None = None   # blocks [start, end) re-run by sleep passes; None = all
+    # With a loop_range ending before the top: "after_loop" = the coda blocks [end, D) run once
+    # more after the last sleep pass, on its features, from their window-start fast weights
+    # (prelude once, loop N times, coda once); "wake_only" = the coda runs in the wake pass only.
+    coda: str = "after_loop"
     remat: bool = True               # rematerialise each sleep pass (memory flat in N)
     # Sliding eviction only: whether sleep passes 2..N also attend to the previous window's
     # wake-pass K/V (the paper leaves this open, PAPER.md 4.4). False = within-window only.
@@ -195,6 +200,8 @@ class SleepConfig:
                     or not 0 <= lr[0] < lr[1]:
                 raise _fail(p, "loop_range", "must be None or (start, end) with 0 <= start < end", self.loop_range)
             object.__setattr__(self, "loop_range", lr)
+        if self.coda not in _CODAS:
+            raise _fail(p, "coda", f"must be one of {_CODAS}", self.coda)
         if not isinstance(self.remat, bool):
             raise _fail(p, "remat", "must be a bool", self.remat)
         if not isinstance(self.sleep_sees_previous_window, bool):
@@ -207,6 +214,13 @@ class SleepConfig:
             raise _fail("sleep", "loop_range", f"end must be <= the number of layers ({num_layers})",
                         self.loop_range)
         return self.loop_range
+
+    def coda_range(self, num_layers: int) -> tuple[int, int] | None:
+        """Blocks re-run once after the sleep passes (``[end, D)``), or None."""
+        end = self.resolved_loop_range(num_layers)[1]
+        if self.passes == 1 or self.coda != "after_loop" or end == num_layers:
+            return None
+        return (end, num_layers)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SleepConfig":
