@@ -26,7 +26,10 @@ _SHOWN = 8   # names listed in an error before "... and N more"
 
 
 def _param_dtype(dtype) -> str:
-    name = "float32" if dtype is None else np.dtype(dtype).name
+    try:    # numpy does not know the string "bfloat16" (ml_dtypes' type it does)
+        name = "float32" if dtype is None else dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    except TypeError:
+        name = repr(dtype)
     if name not in _PARAM_DTYPES:
         raise ValueError(f"dtype: must be None, float32 or bfloat16, got {dtype!r}")
     return name
