@@ -32,7 +32,7 @@ def attn_layer_names(cfg: ModelConfig):
 
 
 def zero_fast_weights(cfg: ModelConfig, batch_size: int):
-    """Fresh fast weights (every sequence starts from S = 0): ``{blocks_i: [B, H, K, V] f32}``."""
+    """Fresh fast weights (every sequence starts from S = 0): ``{blocks_i: [B, Hv, K, V] f32}``."""
     return {name: zero_fast_weights_of(cfg, batch_size) for name in gdn_layer_names(cfg)}
 
 
@@ -64,7 +64,7 @@ def embed(params, tokens, cfg: ModelConfig):
 def output_logits(params, h, cfg: ModelConfig):
     """Final RMSNorm and the (tied or untied) head; float32 logits."""
     dt = layers.compute_dtype(cfg)
-    h = layers.rms_norm(h, params["final_norm"]["scale"], cfg.norm_eps)
+    h = layers.norm(h, params["final_norm"], cfg)
     w = params["embed"]["embedding"].T if cfg.tie_embeddings else params["head"]["kernel"]
     return jnp.dot(h.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
 
@@ -75,14 +75,14 @@ def block(p, h, cache, position, cfg: ModelConfig, previous=None):
     ``cache`` / ``position`` / ``previous`` go to the mixer (``previous`` to attention only).
     Returns ``(h, cache)``.
     """
-    x = layers.rms_norm(h, p["mixer_norm"]["scale"], cfg.norm_eps)
+    x = layers.norm(h, p["mixer_norm"], cfg)
     if "attn" in p:
         out, cache = attention(p["attn"], x, cache, position, cfg, previous)
     else:
         out, cache = gated_deltanet(p["gdn"], x, cache, position, cfg)
         cache = cache._replace(fast_weights=fast_weight_layout(cache.fast_weights))
     h = h + out
-    h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["mlp_norm"]["scale"], cfg.norm_eps), cfg)
+    h = h + layers.mlp(p["mlp"], layers.norm(h, p["mlp_norm"], cfg), cfg)
     return residual_stream(h), cache
 
 

@@ -50,7 +50,7 @@ def zero_previous_window_kv(cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size
     """Sliding eviction's carried K/V of the previous window's last ``L-1`` tokens (empty if hard)."""
     if sleep_cfg.eviction != "sliding":
         return {}
-    shape = (batch_size, sleep_cfg.window - 1, cfg.attn_heads, cfg.attn_head_dim)
+    shape = (batch_size, sleep_cfg.window - 1, cfg.kv_heads, cfg.attn_head_dim)
     dt = layers.compute_dtype(cfg)
     return {name: (jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for name in attn_layer_names(cfg)}
 
