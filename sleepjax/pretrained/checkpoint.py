@@ -109,7 +109,7 @@ def load_pretrained(path: str, dtype=None) -> tuple[dict, ModelConfig]:
     tied_copy = cfg.tie_embeddings and "lm_head.weight" in reader
     _check_tensors(reader, expected, cfg.tie_embeddings)
     target = _PARAM_DTYPES[param_dtype]
-    tensors = {name: reader.get(name).astype(target) for name in expected}
+    tensors = {name: reader.get(name).astype(target, copy=False) for name in expected}
     if tied_copy and not np.array_equal(reader.get("lm_head.weight").astype(target),
                                         tensors[prefix + "embed_tokens.weight"]):
         raise ValueError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from "

@@ -139,14 +139,6 @@ def model_config_from_hf(hf: Mapping[str, Any], dtype: str = "float32") -> Model
                          f"ModelConfig: {err}") from err
 
 
-def _value_heads(cfg: ModelConfig) -> int:
-    return cfg.gdn_value_heads or cfg.gdn_heads
-
-
-def _value_head_dim(cfg: ModelConfig) -> int:
-    return cfg.gdn_value_head_dim or cfg.gdn_head_dim * cfg.gdn_expand_v
-
-
 def hf_config_from_model(cfg: ModelConfig, dtype: str) -> dict:
     """A ``Qwen3_5ForCausalLM`` ``config.json`` dict for ``cfg``; raises naming the
     ModelConfig field a Qwen3.5 checkpoint cannot express."""
@@ -156,13 +148,9 @@ def hf_config_from_model(cfg: ModelConfig, dtype: str) -> dict:
         if getattr(cfg, field) != value:
             raise ValueError(f"model.{field}={getattr(cfg, field)!r}: Qwen3.5 checkpoints need "
                              f"{value!r}")
-    gdn_eps = cfg.norm_eps if cfg.gdn_norm_eps is None else cfg.gdn_norm_eps
-    if not math.isclose(gdn_eps, cfg.norm_eps, rel_tol=1e-12):
+    if not math.isclose(cfg.gdn_out_norm_eps, cfg.norm_eps, rel_tol=1e-12):
         raise ValueError(f"model.gdn_norm_eps={cfg.gdn_norm_eps!r}: Qwen3.5 has one rms_norm_eps "
                          f"for every norm (norm_eps={cfg.norm_eps!r})")
-    if _value_heads(cfg) % cfg.gdn_heads:
-        raise ValueError(f"model.gdn_value_heads={_value_heads(cfg)} must be a multiple of "
-                         f"gdn_heads={cfg.gdn_heads}")
     kinds = {kind: name for name, kind in LAYER_KINDS.items()}
     return {
         "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text",
@@ -170,15 +158,15 @@ def hf_config_from_model(cfg: ModelConfig, dtype: str) -> dict:
         "intermediate_size": cfg.mlp_hidden_dim, "num_hidden_layers": cfg.num_layers,
         "layer_types": [kinds[k] for k in cfg.layer_pattern],
         "num_attention_heads": cfg.attn_heads,
-        "num_key_value_heads": cfg.attn_kv_heads or cfg.attn_heads,
+        "num_key_value_heads": cfg.kv_heads,
         "head_dim": cfg.attn_head_dim, "attention_bias": False, "hidden_act": "silu",
         # mrope_section is left to transformers' default: with text-only positions every
         # section gets the same angle, so any valid split is plain RoPE.
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rope_theta),
                             "partial_rotary_factor": float(cfg.rope_fraction)},
         "linear_num_key_heads": cfg.gdn_heads, "linear_key_head_dim": cfg.gdn_head_dim,
-        "linear_num_value_heads": _value_heads(cfg),
-        "linear_value_head_dim": _value_head_dim(cfg),
+        "linear_num_value_heads": cfg.gdn_num_value_heads,
+        "linear_value_head_dim": cfg.gdn_value_dim,
         "linear_conv_kernel_dim": cfg.conv_size, "rms_norm_eps": float(cfg.norm_eps),
         "tie_word_embeddings": bool(cfg.tie_embeddings), "dtype": dtype,
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 from sleepjax.models import ModelConfig
-from sleepjax.pretrained.qwen3_5_config import _value_head_dim, _value_heads
 
 # Tensors of a conditional-generation checkpoint that are not part of the text model.
 IGNORED_PREFIXES = ("model.visual.", "mtp.", "model.mtp.")
@@ -35,9 +34,9 @@ def text_prefix(names) -> str:
 
 
 def _dims(cfg: ModelConfig) -> dict[str, int]:
-    return dict(d=cfg.d_model, H=cfg.attn_heads, Hkv=cfg.attn_kv_heads or cfg.attn_heads,
-                D=cfg.attn_head_dim, Hk=cfg.gdn_heads, K=cfg.gdn_head_dim, Hv=_value_heads(cfg),
-                V=_value_head_dim(cfg), W=cfg.conv_size, F=cfg.mlp_hidden_dim)
+    return dict(d=cfg.d_model, H=cfg.attn_heads, Hkv=cfg.kv_heads, D=cfg.attn_head_dim,
+                Hk=cfg.gdn_heads, K=cfg.gdn_head_dim, Hv=cfg.gdn_num_value_heads,
+                V=cfg.gdn_value_dim, W=cfg.conv_size, F=cfg.mlp_hidden_dim)
 
 
 def expected_shapes(cfg: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:

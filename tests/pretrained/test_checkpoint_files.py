@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -14,7 +15,8 @@ from safetensors.numpy import load_file, save_file
 from transformers import AutoModelForCausalLM, Qwen3_5TextConfig
 from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextRotaryEmbedding
 
-from sleepjax.pretrained import load_pretrained, load_tokenizer, model_config_from_hf
+from sleepjax.pretrained import (hf_config_from_model, load_pretrained, load_tokenizer,
+                                 model_config_from_hf)
 from tiny_qwen import (REL_TOL, causal_lm, reference_logits, rel_err, sleepjax_logits,
                        text_config_kwargs, tokens)
 
@@ -170,3 +172,20 @@ def test_tokenizer_is_read_from_the_directory(tmp_path):
     assert loaded.encode("sleep well tonight zzz").ids == [1, 2, 3, 0]
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_tokenizer(str(tmp_path / "elsewhere"))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("zero_centered_norms", False), ("attn_output_gate", False), ("attn_qk_norm", False),
+    ("position_encoding", "none"), ("gdn_norm_eps", 1e-5),
+])
+def test_export_refuses_what_qwen3_5_cannot_express(field, value, checkpoint):
+    directory, _ = checkpoint(CASE)
+    _, cfg = load_pretrained(directory)
+    with pytest.raises(ValueError, match=field):
+        hf_config_from_model(dataclasses.replace(cfg, **{field: value}), "float32")
+
+
+def test_config_maps_back_to_itself(checkpoint):
+    for case in ("grouped-untied-rotary0.25", "multimodal-grouped-tied-rotary0.5"):
+        _, cfg = load_pretrained(checkpoint(case)[0])
+        assert model_config_from_hf(hf_config_from_model(cfg, "float32")) == cfg
