@@ -39,7 +39,8 @@ class ModelConfig:
 
     vocab_size: int
     d_model: int = 256
-    layer_pattern: str = "AGAG"      # A = sliding-window attention block, G = Gated DeltaNet block
+    layer_pattern: str = "AGAG"      # A = sliding-window attention block, G = Gated DeltaNet block;
+                                     # lowercase a / g: the same block without its MLP
     attn_heads: int = 4
     attn_head_dim: int = 64
     attn_kv_heads: int = 0           # grouped-query attention: key/value heads (0 = attn_heads)
@@ -105,9 +106,10 @@ class ModelConfig:
         if isinstance(self.mlp_hidden, bool) or not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 0:
             raise _fail(p, "mlp_hidden", "must be an int >= 0 (0 = default 8/3 d_model)", self.mlp_hidden)
         pattern = self.layer_pattern
-        if not isinstance(pattern, str) or not pattern or set(pattern) - {"A", "G"}:
-            raise _fail(p, "layer_pattern", "must be a non-empty string of 'A' and 'G'", pattern)
-        if "G" not in pattern:
+        if not isinstance(pattern, str) or not pattern or set(pattern) - set("AGag"):
+            raise _fail(p, "layer_pattern", "must be a non-empty string of 'A' and 'G' (lowercase: "
+                        "the block without its MLP)", pattern)
+        if "G" not in pattern.upper():
             raise _fail(p, "layer_pattern", "needs at least one 'G' block: only fast weights cross a "
                         "window boundary, so a model without one cannot remember anything", pattern)
         if self.gdn_impl not in _GDN_IMPLS:
@@ -124,6 +126,11 @@ class ModelConfig:
     @property
     def num_layers(self) -> int:
         return len(self.layer_pattern)
+
+    @property
+    def mixer_pattern(self) -> str:
+        """``layer_pattern`` by mixer only (``A`` / ``G``), whether or not a block has an MLP."""
+        return self.layer_pattern.upper()
 
     @property
     def kv_heads(self) -> int:

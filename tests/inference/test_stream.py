@@ -33,7 +33,8 @@ CASES = {
     "qwen-options-hard-N2": (model_config(**QWEN_OPTIONS), sleep_config(passes=2)),
     "qwen-options-sliding-N3": (model_config(**QWEN_OPTIONS, gdn_impl="chunked"),
                                 sleep_config(passes=3, eviction="sliding")),
-    "no-positions-sliding-N2": (model_config(position_encoding="none"),
+    # blocks without an MLP (lowercase), no positional encoding at all
+    "no-positions-no-mlp-sliding-N2": (model_config(position_encoding="none", layer_pattern="AgaG"),
                                 sleep_config(passes=2, eviction="sliding")),
     # the training forward and the sleep passes use the chunked op; wake steps the recurrence
     "sliding-N2-chunked": (model_config(gdn_impl="chunked", layer_pattern="GA"),

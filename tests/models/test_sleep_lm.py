@@ -21,7 +21,7 @@ from sleepjax.models.sleep_lm import sleep_passes
 def _block(params, i, h, fast, cfg):
     p = params[block_name(i)]
     x = layers.rms_norm(h, p["mixer_norm"]["scale"], cfg.norm_eps)
-    if cfg.layer_pattern[i] == "A":
+    if cfg.mixer_pattern[i] == "A":
         out, _ = attention(p["attn"], x, None, 0, cfg)
     else:
         out, cache = gated_deltanet(p["gdn"], x, GDNCache(fast[block_name(i)]), 0, cfg)
@@ -36,7 +36,7 @@ def reference_forward(params, seq, model_cfg, sleep_cfg):
     start, end = sleep_cfg.resolved_loop_range(cfg.num_layers)
     shape = (seq.shape[0], cfg.gdn_heads, cfg.gdn_head_dim, cfg.gdn_value_dim)
     fast = {block_name(i): jnp.zeros(shape, jnp.float32)
-            for i, kind in enumerate(cfg.layer_pattern) if kind == "G"}
+            for i, kind in enumerate(cfg.mixer_pattern) if kind == "G"}
     outputs = []
     for j in range(0, seq.shape[1], L):
         h = params["embed"]["embedding"][seq[:, j:j + L]]
