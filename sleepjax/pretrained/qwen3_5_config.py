@@ -148,6 +148,9 @@ def hf_config_from_model(cfg: ModelConfig, dtype: str) -> dict:
         if getattr(cfg, field) != value:
             raise ValueError(f"model.{field}={getattr(cfg, field)!r}: Qwen3.5 checkpoints need "
                              f"{value!r}")
+    if set(cfg.layer_pattern) - set(LAYER_KINDS.values()):
+        raise ValueError(f"model.layer_pattern={cfg.layer_pattern!r}: every Qwen3.5 layer has an "
+                         "MLP, so only 'A' and 'G' blocks can be exported (no lowercase 'a' / 'g')")
     if not math.isclose(cfg.gdn_out_norm_eps, cfg.norm_eps, rel_tol=1e-12):
         raise ValueError(f"model.gdn_norm_eps={cfg.gdn_norm_eps!r}: Qwen3.5 has one rms_norm_eps "
                          f"for every norm (norm_eps={cfg.norm_eps!r})")

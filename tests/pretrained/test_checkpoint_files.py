@@ -176,7 +176,7 @@ def test_tokenizer_is_read_from_the_directory(tmp_path):
 
 @pytest.mark.parametrize("field, value", [
     ("zero_centered_norms", False), ("attn_output_gate", False), ("attn_qk_norm", False),
-    ("position_encoding", "none"), ("gdn_norm_eps", 1e-5),
+    ("position_encoding", "none"), ("gdn_norm_eps", 1e-5), ("layer_pattern", "GaGG"),
 ])
 def test_export_refuses_what_qwen3_5_cannot_express(field, value, checkpoint):
     directory, _ = checkpoint(CASE)
