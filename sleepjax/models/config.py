@@ -110,9 +110,8 @@ class ModelConfig:
         if not isinstance(pattern, str) or not pattern or set(pattern) - set("AGag"):
             raise _fail(p, "layer_pattern", "must be a non-empty string of 'A' and 'G' (lowercase: "
                         "the block without its MLP)", pattern)
-        if "G" not in pattern.upper():
-            raise _fail(p, "layer_pattern", "needs at least one 'G' block: only fast weights cross a "
-                        "window boundary, so a model without one cannot remember anything", pattern)
+        # An attention-only pattern is a valid architecture (a pretrained model to load, and
+        # then to insert GDN blocks into); the sleeping model refuses it (validation.check_configs).
         if self.gdn_impl not in _GDN_IMPLS:
             raise _fail(p, "gdn_impl", f"must be one of {_GDN_IMPLS}", self.gdn_impl)
         if self.dtype not in _DTYPES:

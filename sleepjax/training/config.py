@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from sleepjax.models.config import ModelConfig, SleepConfig
+from sleepjax.models.validation import check_configs
 from sleepjax.parallel.mesh import mesh_config_defaults, validate_mesh_config
 
 SECTIONS = ("task", "model", "sleep", "optim", "train", "mesh")
@@ -231,7 +232,7 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
 
     source = data.make_source(task_cfg, "train", train.seed)
     model = ModelConfig.from_dict({**model_values, "vocab_size": int(source.vocab_size)})
-    sleep.resolved_loop_range(model.num_layers)  # raises naming sleep.loop_range
+    check_configs(model, sleep)  # names model.layer_pattern (no 'G') or sleep.loop_range
     seq_len = int(source.seq_len)
     if sleep.window > seq_len:
         raise ValueError(f"sleep.window: must be <= the task's sequence length {seq_len} "
