@@ -16,6 +16,7 @@ import math
 from typing import Any, Mapping
 
 from sleepjax.models import ModelConfig
+from sleepjax.pretrained.hf_config_common import refuse, rope_theta_and_fraction
 
 # architecture -> model_type of its config.json
 ARCHITECTURES = {"Qwen3_5ForCausalLM": "qwen3_5_text",
@@ -37,8 +38,7 @@ _MOE_KEYS = ("num_experts", "num_local_experts", "num_experts_per_tok", "moe_int
              "shared_expert_intermediate_size", "decoder_sparse_step", "mlp_only_layers")
 
 
-def _refuse(key: str, value, why: str) -> ValueError:
-    return ValueError(f"config.json: {key}={value!r} is not supported by sleepjax ({why})")
+_refuse = refuse   # the shared helper of sleepjax.pretrained.hf_config_common
 
 
 def split_config(hf: Mapping[str, Any]) -> tuple[dict, bool]:
@@ -69,19 +69,13 @@ def split_config(hf: Mapping[str, Any]) -> tuple[dict, bool]:
 
 
 def _rope(text: Mapping[str, Any]) -> tuple[float, float]:
-    """``(rope_theta, partial_rotary_factor)``; new-style ``rope_parameters`` or legacy keys."""
-    rope = text.get("rope_parameters") or {}
-    if text.get("rope_scaling"):
-        rope = {**text["rope_scaling"], **rope}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise _refuse("rope_parameters.rope_type", rope_type, "only unscaled RoPE ('default')")
-    # mrope_section / mrope_interleaved are accepted: for text all three position streams of
-    # Qwen's multimodal RoPE are equal, which is plain RoPE.
-    theta = rope.get("rope_theta", text.get("rope_theta", TEXT_DEFAULTS["rope_theta"]))
-    fraction = rope.get("partial_rotary_factor",
-                        text.get("partial_rotary_factor", TEXT_DEFAULTS["partial_rotary_factor"]))
-    return float(theta), float(fraction)
+    """``(rope_theta, partial_rotary_factor)``; new-style ``rope_parameters`` or legacy keys.
+
+    mrope_section / mrope_interleaved are accepted: for text all three position streams of
+    Qwen's multimodal RoPE are equal, which is plain RoPE.
+    """
+    return rope_theta_and_fraction(text, TEXT_DEFAULTS["rope_theta"],
+                                   TEXT_DEFAULTS["partial_rotary_factor"])
 
 
 def _layer_pattern(text: Mapping[str, Any], num_layers: int) -> str:

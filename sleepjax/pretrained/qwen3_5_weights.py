@@ -24,6 +24,11 @@ IGNORED_PREFIXES = ("model.visual.", "mtp.", "model.mtp.")
 TEXT_PREFIXES = ("model.language_model.", "model.")   # ForConditionalGeneration, ForCausalLM
 
 
+def ignored(name: str) -> bool:
+    """Checkpoint tensors that are not part of the text model (skipped)."""
+    return name.startswith(IGNORED_PREFIXES)
+
+
 def text_prefix(names) -> str:
     """Where the text model's tensors live in a checkpoint (by its embedding's name)."""
     for prefix in TEXT_PREFIXES:

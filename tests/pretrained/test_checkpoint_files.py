@@ -102,7 +102,7 @@ def test_vision_and_mtp_tensors_are_ignored(checkpoint, tmp_path):
 @pytest.mark.parametrize("edit, named", [
     (lambda c: c.update(architectures=["Qwen3NextForCausalLM"], model_type="qwen3_next"),
      "Qwen3NextForCausalLM"),
-    (lambda c: c.update(model_type="llama", architectures=None), "llama"),
+    (lambda c: c.update(model_type="gpt2", architectures=None), "gpt2"),
     (lambda c: c.update(attention_bias=True), "attention_bias"),
     (lambda c: c.update(hidden_act="gelu"), "hidden_act"),
     (lambda c: c["rope_parameters"].update(rope_type="yarn", factor=4.0), "rope_type"),
