@@ -171,6 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
     sleep_defaults = {f.name: f.default for f in dataclasses.fields(SleepConfig)}
     sleep_defaults["window"] = ml_collections.config_dict.placeholder(int)
     sleep_defaults["loop_range"] = ml_collections.config_dict.placeholder(tuple)
+    model_defaults["gdn_norm_eps"] = ml_collections.config_dict.placeholder(float)
     cfg = ml_collections.ConfigDict()
     cfg.task = ml_collections.ConfigDict()
     cfg.model = ml_collections.ConfigDict(model_defaults)
@@ -291,12 +292,33 @@ def unflatten_config(flat) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(nested)
 
 
+def _defaults_like(flat_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every key's default value, flattened: the sections' defaults and the task's own."""
+    from sleepjax import data
+    defaults = flatten_config(base_config())
+    name = flat_cfg.get("task.name")
+    if isinstance(name, str):
+        try:
+            defaults.update(flatten_config({"task": data.task_config(name).to_dict()}))
+        except ValueError:          # an unknown task: validate_config names it elsewhere
+            pass
+    return defaults
+
+
 def config_differences(saved, current) -> list[str]:
-    """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`."""
+    """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`.
+
+    A key the saved config lacks counts as equal when the current value is that key's default:
+    options are added with a default that keeps the old behaviour, so a checkpoint written
+    before an option existed still resumes.
+    """
     a, b = flatten_config(saved), flatten_config(current)
+    defaults = _defaults_like(b)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):
+            continue
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             diffs.append(f"{key}: checkpoint has {a.get(key, '<absent>')!r}, "
