@@ -24,11 +24,11 @@ def block_name(i: int) -> str:
 
 def gdn_layer_names(cfg: ModelConfig, start: int = 0, end: int | None = None):
     end = cfg.num_layers if end is None else end
-    return [block_name(i) for i in range(start, end) if cfg.layer_pattern[i] == "G"]
+    return [block_name(i) for i in range(start, end) if cfg.mixer_pattern[i] == "G"]
 
 
 def attn_layer_names(cfg: ModelConfig):
-    return [block_name(i) for i, kind in enumerate(cfg.layer_pattern) if kind == "A"]
+    return [block_name(i) for i, kind in enumerate(cfg.mixer_pattern) if kind == "A"]
 
 
 def zero_fast_weights(cfg: ModelConfig, batch_size: int):
@@ -82,7 +82,8 @@ def block(p, h, cache, position, cfg: ModelConfig, previous=None):
         out, cache = gated_deltanet(p["gdn"], x, cache, position, cfg)
         cache = cache._replace(fast_weights=fast_weight_layout(cache.fast_weights))
     h = h + out
-    h = h + layers.mlp(p["mlp"], layers.norm(h, p["mlp_norm"], cfg), cfg)
+    if "mlp" in p:                  # lowercase pattern letters are blocks without an MLP
+        h = h + layers.mlp(p["mlp"], layers.norm(h, p["mlp_norm"], cfg), cfg)
     return residual_stream(h), cache
 
 

@@ -14,6 +14,7 @@ _DTYPES = ("float32", "bfloat16")
 _GDN_IMPLS = ("recurrent", "chunked", "pallas")
 _EVICTIONS = ("hard", "sliding")
 _POSITION_ENCODINGS = ("rope", "none")
+_CODAS = ("after_loop", "wake_only")
 
 
 def _fail(prefix: str, field: str, msg: str, value: Any) -> ValueError:
@@ -39,7 +40,8 @@ class ModelConfig:
 
     vocab_size: int
     d_model: int = 256
-    layer_pattern: str = "AGAG"      # A = sliding-window attention block, G = Gated DeltaNet block
+    layer_pattern: str = "AGAG"      # A = sliding-window attention block, G = Gated DeltaNet block;
+                                     # lowercase a / g: the same block without its MLP
     attn_heads: int = 4
     attn_head_dim: int = 64
     attn_kv_heads: int = 0           # grouped-query attention: key/value heads (0 = attn_heads)
@@ -105,11 +107,11 @@ class ModelConfig:
         if isinstance(self.mlp_hidden, bool) or not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 0:
             raise _fail(p, "mlp_hidden", "must be an int >= 0 (0 = default 8/3 d_model)", self.mlp_hidden)
         pattern = self.layer_pattern
-        if not isinstance(pattern, str) or not pattern or set(pattern) - {"A", "G"}:
-            raise _fail(p, "layer_pattern", "must be a non-empty string of 'A' and 'G'", pattern)
-        if "G" not in pattern:
-            raise _fail(p, "layer_pattern", "needs at least one 'G' block: only fast weights cross a "
-                        "window boundary, so a model without one cannot remember anything", pattern)
+        if not isinstance(pattern, str) or not pattern or set(pattern) - set("AGag"):
+            raise _fail(p, "layer_pattern", "must be a non-empty string of 'A' and 'G' (lowercase: "
+                        "the block without its MLP)", pattern)
+        # An attention-only pattern is a valid architecture (a pretrained model to load, and
+        # then to insert GDN blocks into); the sleeping model refuses it (validation.check_configs).
         if self.gdn_impl not in _GDN_IMPLS:
             raise _fail(p, "gdn_impl", f"must be one of {_GDN_IMPLS}", self.gdn_impl)
         if self.dtype not in _DTYPES:
@@ -124,6 +126,11 @@ class ModelConfig:
     @property
     def num_layers(self) -> int:
         return len(self.layer_pattern)
+
+    @property
+    def mixer_pattern(self) -> str:
+        """``layer_pattern`` by mixer only (``A`` / ``G``), whether or not a block has an MLP."""
+        return self.layer_pattern.upper()
 
     @property
     def kv_heads(self) -> int:
@@ -169,6 +176,10 @@ class SleepConfig:
     passes: int = 1                  # N: passes over a full window, the wake pass included
     eviction: str = "hard"           # "hard": clear the KV cache; "sliding": keep the last L-1 tokens
     loop_range: tuple[int, int] | None = None   # blocks [start, end) re-run by sleep passes; None = all
+    # With a loop_range ending before the top: "after_loop" = the coda blocks [end, D) run once
+    # more after the last sleep pass, on its features, from their window-start fast weights
+    # (prelude once, loop N times, coda once); "wake_only" = the coda runs in the wake pass only.
+    coda: str = "after_loop"
     remat: bool = True               # rematerialise each sleep pass (memory flat in N)
     # Sliding eviction only: whether sleep passes 2..N also attend to the previous window's
     # wake-pass K/V (the paper leaves this open, PAPER.md 4.4). False = within-window only.
@@ -188,6 +199,8 @@ class SleepConfig:
                     or not 0 <= lr[0] < lr[1]:
                 raise _fail(p, "loop_range", "must be None or (start, end) with 0 <= start < end", self.loop_range)
             object.__setattr__(self, "loop_range", lr)
+        if self.coda not in _CODAS:
+            raise _fail(p, "coda", f"must be one of {_CODAS}", self.coda)
         if not isinstance(self.remat, bool):
             raise _fail(p, "remat", "must be a bool", self.remat)
         if not isinstance(self.sleep_sees_previous_window, bool):
@@ -200,6 +213,13 @@ class SleepConfig:
             raise _fail("sleep", "loop_range", f"end must be <= the number of layers ({num_layers})",
                         self.loop_range)
         return self.loop_range
+
+    def coda_range(self, num_layers: int) -> tuple[int, int] | None:
+        """Blocks re-run once after the sleep passes (``[end, D)``), or None."""
+        end = self.resolved_loop_range(num_layers)[1]
+        if self.passes == 1 or self.coda != "after_loop" or end == num_layers:
+            return None
+        return (end, num_layers)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SleepConfig":

@@ -168,11 +168,14 @@ HEAD = {"kernel": _projection("d", "vocab", ("embed", "vocab"), "only when not t
 
 
 def block_layout(kind: str, options: frozenset = frozenset()) -> dict[str, Any]:
-    """Pre-norm block: ``mixer_norm``, ``attn`` or ``gdn``, ``mlp_norm``, ``mlp``.
+    """Pre-norm block: ``mixer_norm``, ``attn`` or ``gdn``, ``mlp_norm``, ``mlp``; a lowercase
+    ``kind`` (``a`` / ``g``) is the block without ``mlp_norm`` and ``mlp``.
 
     ``options``: the names of the switched-on :data:`ATTENTION_OPTIONS`.
     """
-    mixer_name, mixer = MIXERS[kind]
+    mixer_name, mixer = MIXERS[kind.upper()]
+    if not kind.isupper():
+        return {"mixer_norm": _norm("d"), mixer_name: mixer}
     if kind == "A":
         mixer = dict(mixer)
         for option, extra in ATTENTION_OPTIONS.items():

@@ -99,7 +99,7 @@ def validate_model_for_mesh(model_cfg, mesh) -> None:
     if model_size == 1:
         return
     checks = []
-    if "A" in model_cfg.layer_pattern:
+    if "A" in model_cfg.mixer_pattern:
         checks.append(("model.attn_heads", model_cfg.attn_heads))
         checks.append(("model.attn_kv_heads", model_cfg.kv_heads))
     checks.append(("model.gdn_heads", model_cfg.gdn_heads))

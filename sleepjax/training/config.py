@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from sleepjax.models.config import ModelConfig, SleepConfig
+from sleepjax.models.validation import check_configs
 from sleepjax.parallel.mesh import mesh_config_defaults, validate_mesh_config
 from sleepjax.training.initialization import InitConfig, init_section_defaults, resolve_model
 
@@ -182,6 +183,7 @@ def base_config() -> ml_collections.ConfigDict:
     sleep_defaults = {f.name: f.default for f in dataclasses.fields(SleepConfig)}
     sleep_defaults["window"] = ml_collections.config_dict.placeholder(int)
     sleep_defaults["loop_range"] = ml_collections.config_dict.placeholder(tuple)
+    model_defaults["gdn_norm_eps"] = ml_collections.config_dict.placeholder(float)
     cfg = ml_collections.ConfigDict()
     cfg.task = ml_collections.ConfigDict()
     cfg.model = ml_collections.ConfigDict(model_defaults)
@@ -249,8 +251,8 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
         model = resolve_model(init, model_values, int(source.vocab_size))
     else:
         model = ModelConfig.from_dict({**model_values, "vocab_size": int(source.vocab_size)})
+    check_configs(model, sleep)  # names model.layer_pattern (no 'G') or sleep.loop_range
     _check_trainable(optim, model)
-    sleep.resolved_loop_range(model.num_layers)  # raises naming sleep.loop_range
     seq_len = int(source.seq_len)
     if sleep.window > seq_len:
         raise ValueError(f"sleep.window: must be <= the task's sequence length {seq_len} "
@@ -295,10 +297,6 @@ RESUMABLE_KEYS = (
     "train.async_checkpointing", "train.progress_bar",
 )
 RESUMABLE_PREFIXES = ("mesh.",)   # a checkpoint restores onto any mesh
-# Keys added after checkpoints were first written: absent from a saved config means this value.
-ADDED_KEY_DEFAULTS = {"optim.trainable": [], **{
-    f"init.{f.name}": list(f.default) if isinstance(f.default, tuple) else f.default
-    for f in dataclasses.fields(InitConfig)}}
 
 
 def flatten_config(cfg) -> dict[str, Any]:
@@ -329,15 +327,35 @@ def unflatten_config(flat) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(nested)
 
 
+def _defaults_like(flat_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every key's default value, flattened: the sections' defaults and the task's own."""
+    from sleepjax import data
+    defaults = flatten_config(base_config())
+    name = flat_cfg.get("task.name")
+    if isinstance(name, str):
+        try:
+            defaults.update(flatten_config({"task": data.task_config(name).to_dict()}))
+        except ValueError:          # an unknown task: validate_config names it elsewhere
+            pass
+    return defaults
+
+
 def config_differences(saved, current) -> list[str]:
-    """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`."""
+    """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`.
+
+    A key the saved config lacks counts as equal when the current value is that key's default:
+    options are added with a default that keeps the old behaviour, so a checkpoint written
+    before an option existed still resumes.
+    """
     a, b = flatten_config(saved), flatten_config(current)
+    defaults = _defaults_like(b)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):
             continue
-        absent = ADDED_KEY_DEFAULTS.get(key, "<absent>")
-        if a.get(key, absent) != b.get(key, absent):
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
             diffs.append(f"{key}: checkpoint has {a.get(key, '<absent>')!r}, "
                          f"config has {b.get(key, '<absent>')!r}")
     return diffs

@@ -28,12 +28,18 @@ CASES = {
                                                 sleep_sees_previous_window=True)),
     "hard-N2-loop-1:3-untied": (model_config(tie_embeddings=False),
                                 sleep_config(passes=2, loop_range=(1, 3))),
+    "hard-N3-loop-1:2-coda-wake-only": (model_config(),
+                                        sleep_config(passes=3, loop_range=(1, 2), coda="wake_only")),
+    "sliding-N3-loop-0:2-coda-sees-prev": (model_config(),
+                                           sleep_config(passes=3, loop_range=(0, 2), eviction="sliding",
+                                                        sleep_sees_previous_window=True)),
     # Qwen3.5's options together: GQA, output gate, q/k norm, partial rotary, zero-centred
     # norms, grouped GDN value heads with their own head dim, a separate GDN norm eps
     "qwen-options-hard-N2": (model_config(**QWEN_OPTIONS), sleep_config(passes=2)),
     "qwen-options-sliding-N3": (model_config(**QWEN_OPTIONS, gdn_impl="chunked"),
                                 sleep_config(passes=3, eviction="sliding")),
-    "no-positions-sliding-N2": (model_config(position_encoding="none"),
+    # blocks without an MLP (lowercase), no positional encoding at all
+    "no-positions-no-mlp-sliding-N2": (model_config(position_encoding="none", layer_pattern="AgaG"),
                                 sleep_config(passes=2, eviction="sliding")),
     # the training forward and the sleep passes use the chunked op; wake steps the recurrence
     "sliding-N2-chunked": (model_config(gdn_impl="chunked", layer_pattern="GA"),

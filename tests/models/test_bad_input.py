@@ -52,10 +52,17 @@ def test_passes_must_be_at_least_one(passes):
         SleepConfig(passes=passes)
 
 
-@pytest.mark.parametrize("pattern", ["AXG", "agag", "", "AAAA", "A G"])
+@pytest.mark.parametrize("pattern", ["AXG", "", "A G", "gX"])
 def test_layer_pattern(pattern):
     with pytest.raises(ValueError, match=r"model\.layer_pattern"):
         ModelConfig(vocab_size=VOCAB, layer_pattern=pattern)
+
+
+@pytest.mark.parametrize("pattern", ["AAAA", "aaA"])
+def test_attention_only_models_load_but_cannot_sleep(pattern):
+    model_cfg = ModelConfig(vocab_size=VOCAB, layer_pattern=pattern)      # e.g. a Llama checkpoint
+    with pytest.raises(ValueError, match=r"model\.layer_pattern: needs at least one 'G' block"):
+        inference.init_state(model_cfg, sleep_config(), BATCH)
 
 
 def test_loop_range_is_checked_against_the_pattern():
