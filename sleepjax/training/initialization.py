@@ -28,7 +28,9 @@ Keys (:class:`InitConfig`; all off by default, so a run starts from ``init_param
 With a source, the architecture comes from it (plus the inserted blocks): the ``model`` section
 may set only :data:`NON_ARCHITECTURE_KEYS` freely; an architecture key left at its
 ``ModelConfig`` default is taken from the source, one set to another value than the source's
-is an error naming it. The task's vocabulary must equal the source's ``vocab_size``. The
+is an error naming it. With an attention-only source (no GDN block) the
+GDN shape keys (:data:`GDN_KEYS`: heads, head dims, conv size) of the inserted blocks are the
+run's own too. The task's vocabulary must equal the source's ``vocab_size``. The
 trainer saves the config with the resolved architecture written into its ``model`` section
 (:func:`explicit_model_section`), so the run's checkpoints are self-describing
 (``load_params`` never needs the source again). A run that resumes from its own checkpoint
@@ -49,6 +51,16 @@ from sleepjax.models.config import ModelConfig
 CHECKPOINT_SUBDIR = "checkpoints"   # as checkpointing.CHECKPOINT_SUBDIR (a run's checkpoints)
 # ModelConfig fields a run may choose whatever its source: how it computes, not what.
 NON_ARCHITECTURE_KEYS = ("dtype", "gdn_impl", "gdn_chunk_size")
+# The shape of GDN blocks: the run's own when the source has none (an attention-only model
+# that GDN blocks are inserted into), the source's otherwise.
+GDN_KEYS = ("gdn_heads", "gdn_head_dim", "gdn_expand_v", "gdn_value_heads", "gdn_value_head_dim",
+            "conv_size", "gdn_norm_eps")
+
+
+def run_keys(source: ModelConfig) -> tuple[str, ...]:
+    """The ModelConfig fields the run's ``model`` section sets when starting from ``source``."""
+    has_gdn = any(kind in source.layer_pattern for kind in "Gg")
+    return NON_ARCHITECTURE_KEYS + (() if has_gdn else GDN_KEYS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,9 +214,9 @@ def source_model_config(init: InitConfig) -> ModelConfig:
     return _run_model_config(init.from_run, init.from_run_step)
 
 
-def architecture(cfg: ModelConfig) -> dict[str, Any]:
+def architecture(cfg: ModelConfig, exclude=NON_ARCHITECTURE_KEYS) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)
-            if f.name not in NON_ARCHITECTURE_KEYS and f.name != "vocab_size"}
+            if f.name not in exclude and f.name != "vocab_size"}
 
 
 def resolve_model(init: InitConfig, model_values: Mapping[str, Any], vocab_size: int
@@ -218,7 +230,8 @@ def resolve_model(init: InitConfig, model_values: Mapping[str, Any], vocab_size:
         raise ValueError(f"{init.source_key}: the source's vocab_size {source.vocab_size} differs "
                          f"from the task's vocabulary {vocab_size}; use a task whose tokenizer "
                          "is the source's")
-    final = architecture(source)
+    own = run_keys(source)
+    final = architecture(source, exclude=own)
     if init.insert_gdn_at:
         positions = validate_positions(init.insert_gdn_at, source.num_layers,
                                        key="init.insert_gdn_at")
@@ -229,9 +242,9 @@ def resolve_model(init: InitConfig, model_values: Mapping[str, Any], vocab_size:
         if key in final and value != final[key] and value != defaults.get(key):
             raise ValueError(
                 f"model.{key}: {value!r} conflicts with the architecture from {init.source_key} "
-                f"({final[key]!r}); with a source only {list(NON_ARCHITECTURE_KEYS)} may be set: "
+                f"({final[key]!r}); with a source only {list(own)} may be set: "
                 f"leave model.{key} at its default or set it to {final[key]!r}")
-    run_values = {k: model_values[k] for k in NON_ARCHITECTURE_KEYS if k in model_values}
+    run_values = {k: model_values[k] for k in own if k in model_values}
     return ModelConfig.from_dict({**final, **run_values, "vocab_size": vocab_size})
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from sleepjax.models.config import ModelConfig
@@ -21,6 +23,9 @@ def initial_params(init: InitConfig, model: ModelConfig, rng):
     else:
         loaded = load_params(init.from_run, init.from_run_step)
         params, source = loaded.params, loaded.model
+    # the run's own fields (compute dtype, the GDN shape of an attention-only source)
+    source = dataclasses.replace(source, **{k: getattr(model, k)
+                                            for k in initialization.run_keys(source)})
     if init.insert_gdn_at:
         params, source = insert_blocks(params, source, init.insert_gdn_at, init.insert_kind,
                                        rng, zero_output=init.insert_zero_output)

@@ -181,3 +181,23 @@ def test_from_run_with_inserted_block_and_frozen_groups(first_run, tmp_path):
     assert loaded.model.layer_pattern == "AGG" and loaded.step == STEPS
     again = train_and_evaluate(cfg, second_dir)    # a finished run: resumes, nothing to do
     assert again["steps_run"] == 0
+
+
+def test_attention_only_source_takes_the_runs_gdn_shape(tmp_path, monkeypatch):
+    """Route 2: 'g' blocks into an attention-only model (a Llama's loaded config carries
+    ModelConfig's default GDN shape); the run's model section shapes the new blocks."""
+    tiny = validate_config(tiny_config()).model
+    source = dataclasses.replace(tiny, layer_pattern="AAA", gdn_heads=4, gdn_head_dim=64)
+    path, params = _fake_checkpoint(tmp_path, monkeypatch, source)
+    cfg = tiny_config(init__checkpoint_dir=path, init__insert_gdn_at=(1, 3),
+                      model__layer_pattern="AGAG", model__gdn_heads=2, model__gdn_head_dim=8,
+                      optim__trainable=("blocks_1/gdn", "blocks_3"))
+    rc = validate_config(cfg)
+    assert rc.model.layer_pattern == "AgAgA"
+    assert (rc.model.gdn_heads, rc.model.gdn_head_dim) == (2, 8)
+    start = warm_start.initial_params(rc.init, rc.model, jax.random.PRNGKey(1))
+    assert start["blocks_1"]["gdn"]["wq"].shape == (tiny.d_model, 16)
+    assert "mlp" not in start["blocks_3"] and not np.any(start["blocks_3"]["gdn"]["wo"])
+    assert start["blocks_4"] is params["blocks_2"]
+    with pytest.raises(ValueError, match="^model.layer_pattern"):   # nothing to remember with
+        validate_config(tiny_config(init__checkpoint_dir=path, model__layer_pattern="AGAG"))
