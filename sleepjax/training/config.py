@@ -3,8 +3,8 @@
 An experiment is an ``ml_collections.ConfigDict`` with six sections:
 
 * ``task``  -- the data generator's settings (``sleepjax.data.task_config``),
-* ``model`` -- :class:`sleepjax.models.config.ModelConfig` fields, except ``vocab_size``,
-  which is the task tokenizer's,
+* ``model`` -- :class:`sleepjax.models.config.ModelConfig` fields; ``vocab_size`` is the task
+  tokenizer's unless set to a larger value (a checkpoint's padded head),
 * ``sleep`` -- :class:`sleepjax.models.config.SleepConfig` fields (``window`` may be left
   ``None``: the task's natural window is used),
 * ``optim`` -- :class:`OptimConfig` fields,
@@ -180,6 +180,7 @@ def base_config() -> ml_collections.ConfigDict:
     """
     model_defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)
                       if f.name != "vocab_size"}
+    model_defaults["vocab_size"] = ml_collections.config_dict.placeholder(int)   # None: the task's
     sleep_defaults = {f.name: f.default for f in dataclasses.fields(SleepConfig)}
     sleep_defaults["window"] = ml_collections.config_dict.placeholder(int)
     sleep_defaults["loop_range"] = ml_collections.config_dict.placeholder(tuple)
@@ -231,8 +232,9 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     data.validate_task_config(task_cfg)
 
     model_values = _as_dict(cfg["model"])
-    if "vocab_size" in model_values:
-        raise ValueError("model.vocab_size: is set by the task's tokenizer; remove it from the config")
+    # The model's vocabulary is the task tokenizer's unless set larger (a checkpoint's head is
+    # often padded beyond its tokenizer: Qwen3.5's 248320 rows for ~248k tokens).
+    vocab_size = model_values.pop("vocab_size", None)
     _check_keys(ModelConfig, "model", model_values, exclude=("vocab_size",))
     sleep_values = _as_dict(cfg["sleep"])
     _check_keys(SleepConfig, "sleep", sleep_values)
@@ -247,10 +249,14 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     init = InitConfig.from_dict(_as_dict(cfg["init"])) if "init" in keys else InitConfig()
 
     source = data.make_source(task_cfg, "train", train.seed)
+    task_vocab = int(source.vocab_size)
+    if vocab_size is not None and (not _is_int(vocab_size) or vocab_size < task_vocab):
+        raise _bad("model.vocab_size", f"must be None (the task's vocabulary) or an int >= the "
+                   f"task's vocabulary {task_vocab}", vocab_size)
     if init.active:   # the architecture comes from the source (initialization.resolve_model)
-        model = resolve_model(init, model_values, int(source.vocab_size))
+        model = resolve_model(init, model_values, task_vocab, vocab_size)
     else:
-        model = ModelConfig.from_dict({**model_values, "vocab_size": int(source.vocab_size)})
+        model = ModelConfig.from_dict({**model_values, "vocab_size": vocab_size or task_vocab})
     check_configs(model, sleep)  # names model.layer_pattern (no 'G') or sleep.loop_range
     _check_trainable(optim, model)
     seq_len = int(source.seq_len)

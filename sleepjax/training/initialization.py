@@ -30,7 +30,8 @@ may set only :data:`NON_ARCHITECTURE_KEYS` freely; an architecture key left at i
 ``ModelConfig`` default is taken from the source, one set to another value than the source's
 is an error naming it. With an attention-only source (no GDN block) the
 GDN shape keys (:data:`GDN_KEYS`: heads, head dims, conv size) of the inserted blocks are the
-run's own too. The task's vocabulary must equal the source's ``vocab_size``. The
+run's own too. The task's vocabulary must fit in the source's ``vocab_size`` (the model keeps
+the source's, often padded beyond its tokenizer). The
 trainer saves the config with the resolved architecture written into its ``model`` section
 (:func:`explicit_model_section`), so the run's checkpoints are self-describing
 (``load_params`` never needs the source again). A run that resumes from its own checkpoint
@@ -178,7 +179,8 @@ def _run_model_config(workdir: str, step: int | None) -> ModelConfig:
     task = _unflatten({k[len("task."):]: v for k, v in saved.items() if k.startswith("task.")})
     values = {k[len("model."):]: v for k, v in saved.items() if k.startswith("model.")}
     try:
-        vocab = int(data.make_source(task, "train", int(saved.get("train.seed", 0))).vocab_size)
+        vocab = values.pop("vocab_size", None) or int(
+            data.make_source(task, "train", int(saved.get("train.seed", 0))).vocab_size)
         return ModelConfig.from_dict({**values, "vocab_size": vocab})
     except (ValueError, TypeError) as error:
         raise ValueError(f"init.from_run: the config saved in {workdir!r} does not give a "
@@ -219,17 +221,23 @@ def architecture(cfg: ModelConfig, exclude=NON_ARCHITECTURE_KEYS) -> dict[str, A
             if f.name not in exclude and f.name != "vocab_size"}
 
 
-def resolve_model(init: InitConfig, model_values: Mapping[str, Any], vocab_size: int
-                  ) -> ModelConfig:
+def resolve_model(init: InitConfig, model_values: Mapping[str, Any], task_vocab: int,
+                  vocab_size: int | None = None) -> ModelConfig:
     """The run's ModelConfig: the source's architecture with the inserted blocks, the
-    non-architecture keys of ``model_values`` (the ``model`` section), ``vocab_size`` checked."""
+    non-architecture keys of ``model_values`` (the ``model`` section), the vocabulary checked:
+    the task's tokenizer must fit in the source's (which may be padded beyond it), and a set
+    ``model.vocab_size`` must be the source's."""
     from sleepjax.models.surgery import inserted_pattern, validate_positions
 
     source = source_model_config(init)
-    if source.vocab_size != vocab_size:
-        raise ValueError(f"{init.source_key}: the source's vocab_size {source.vocab_size} differs "
-                         f"from the task's vocabulary {vocab_size}; use a task whose tokenizer "
-                         "is the source's")
+    if source.vocab_size < task_vocab:
+        raise ValueError(f"{init.source_key}: the source's vocab_size {source.vocab_size} is "
+                         f"smaller than the task's vocabulary {task_vocab}; use a task whose "
+                         "tokenizer is the source's")
+    if vocab_size is not None and vocab_size != source.vocab_size:
+        raise ValueError(f"model.vocab_size: {vocab_size} conflicts with the source's vocab_size "
+                         f"{source.vocab_size} ({init.source_key}); leave it unset")
+    vocab_size = source.vocab_size
     own = run_keys(source)
     final = architecture(source, exclude=own)
     if init.insert_gdn_at:
@@ -249,10 +257,9 @@ def resolve_model(init: InitConfig, model_values: Mapping[str, Any], vocab_size:
 
 
 def explicit_model_section(cfg, model: ModelConfig) -> ml_collections.ConfigDict:
-    """A copy of the experiment ``cfg`` whose ``model`` section holds ``model``'s every field
-    (but ``vocab_size``): what the trainer saves for a run with an ``init`` source."""
+    """A copy of the experiment ``cfg`` whose ``model`` section holds ``model``'s every field:
+    what the trainer saves for a run with an ``init`` source."""
     values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
     values = dict(values)
-    values["model"] = {f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)
-                       if f.name != "vocab_size"}
+    values["model"] = {f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)}
     return ml_collections.ConfigDict(values)

@@ -114,11 +114,13 @@ def test_batch_not_divisible_by_data_parallel_size():
     validate_config(tiny_config(train__batch_size=8, mesh__data=2), num_devices=2)
 
 
-def test_model_vocab_size_is_the_tasks():
+def test_model_vocab_size_is_the_tasks_or_larger():
     cfg = tiny_config()
-    cfg.model.unlock()
-    cfg.model.vocab_size = 5
-    assert "model.vocab_size" in _error(cfg)
+    assert validate_config(cfg).model.vocab_size == 3            # the task tokenizer's
+    cfg.model.vocab_size = 8                                      # a padded head
+    assert validate_config(cfg).model.vocab_size == 8
+    cfg.model.vocab_size = 2
+    assert "model.vocab_size: must be None (the task's vocabulary) or an int >= the task's" in _error(cfg)
 
 
 def test_config_differences_ignore_resumable_keys():

@@ -151,8 +151,8 @@ def test_checkpoint_dir_architecture_vocab_and_insertion(tmp_path, monkeypatch):
           init__from_run=path)
     fails(r"^init.from_run: .* holds no checkpoint", init__from_run=str(empty))
     monkeypatch.setattr(initialization, "pretrained_model_config",
-                        lambda p: dataclasses.replace(source, vocab_size=source.vocab_size + 1))
-    fails(r"^init.checkpoint_dir: the source's vocab_size \d+ differs from the task's",
+                        lambda p: dataclasses.replace(source, vocab_size=source.vocab_size - 1))
+    fails(r"^init.checkpoint_dir: the source's vocab_size \d+ is smaller than the task's",
           init__checkpoint_dir=path)
 
 
