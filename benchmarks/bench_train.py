@@ -67,14 +67,13 @@ def analytic_flops(rc, params, batch):
     start, end = sleep.resolved_loop_range(model.num_layers)
     sleeping_windows = (seq - 1) // window
     per_block = []
-    for i, kind in enumerate(model.layer_pattern):
+    for i, kind in enumerate(model.mixer_pattern):
         weights = [x for x in jax.tree.leaves(params[f"blocks_{i}"]) if x.ndim >= 2]
         flops = 2 * sum(int(np.prod(x.shape)) for x in weights)
         if kind == "A":
-            flops += 4 * model.attn_heads * model.attn_head_dim * (window + 1) / 2
+            flops += 4 * model.attn_heads * model.attn_head_dim * (window + 1) / 2   # GQA: same
         else:
-            dv = model.gdn_head_dim * model.gdn_expand_v
-            flops += 6 * model.gdn_heads * model.gdn_head_dim * dv
+            flops += 6 * model.gdn_num_value_heads * model.gdn_head_dim * model.gdn_value_dim
         per_block.append(flops)
     wake = sum(per_block)
     sleep_pass = sum(per_block[start:end])

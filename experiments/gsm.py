@@ -5,6 +5,12 @@ The paper fine-tunes pretrained 1.4-2B models (Jet-Nemotron, Ouro) on 2000-3300-
 problems; sleepjax trains from scratch on its own procedural generator, so ``paper`` is a
 scaled setting (d=512, 12 layers, T=2048, L=1536: most of the problem is evicted before the
 answer; batch 256, Muon lr 1e-3 as in the paper's GSM runs, AdamW 5e-5).
+
+Published GSM-Infinite rows instead of the generator (``sleepjax.data.gsm_infinite``):
+``--config.task.gsm_infinite_files=train/*.jsonl`` (optionally ``gsm_infinite_test_files``,
+else a hash split) and ``--config.task.tokenizer_path=<checkpoint>/tokenizer.json`` (else a
+word vocabulary fitted on the files). The paper's problems have 2000-3300 tokens: raise
+``task.seq_len`` to fit them (longer rows are skipped and counted, never truncated).
 """
 
 from sleepjax import data

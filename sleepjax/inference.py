@@ -66,6 +66,9 @@ class StreamState:
       has_prev: bool scalar, True once a window boundary has been crossed.
       loop_input: ``[B, L, d]`` the wake pass's outputs of block ``loop_end-1`` for this window,
         the input of the first sleep pass.
+      window_start_fast: ``{blocks_i: [B, Hv, K, V]}`` the fast weights at this window's start
+        of the coda's GDN layers, which the sleep re-runs from them (``sleep.coda``); ``{}``
+        when there is no re-run coda.
       position: int32 scalar, number of tokens of the current window already consumed.
     """
 
@@ -76,6 +79,7 @@ class StreamState:
     has_prev: jax.Array
     loop_input: jax.Array
     position: jax.Array
+    window_start_fast: dict = flax.struct.field(default_factory=dict)
 
 
 def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) -> StreamState:
@@ -94,6 +98,8 @@ def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
         has_prev=jnp.asarray(False),
         loop_input=jnp.zeros((batch_size, window, model_cfg.d_model), compute_dtype(model_cfg)),
         position=jnp.asarray(0, jnp.int32),
+        window_start_fast={name: zeros for name, zeros in zero_fast_weights(model_cfg, batch_size).items()
+                           if name in sleep_lm.coda_layer_names(model_cfg, sleep_cfg)},
     ))
 
 
@@ -123,12 +129,14 @@ def _wake_step(params, state: StreamState, token, model_cfg, sleep_cfg):
 
 def _sleep(params, state: StreamState, model_cfg, sleep_cfg):
     fast, prev_kv = sleep_lm.sleep(params, state.loop_input, state.fast_weights, state.kv_cache,
-                                   model_cfg, sleep_cfg, state.prev_kv or None, state.has_prev)
+                                   model_cfg, sleep_cfg, state.prev_kv or None, state.has_prev,
+                                   state.window_start_fast)
     zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
     return StreamState(fast_weights=fast, conv_cache=zeros(state.conv_cache),
                        kv_cache=zeros(state.kv_cache), prev_kv=prev_kv,
                        has_prev=jnp.asarray(True), loop_input=zeros(state.loop_input),
-                       position=jnp.zeros_like(state.position))
+                       position=jnp.zeros_like(state.position),
+                       window_start_fast={name: fast[name] for name in state.window_start_fast})
 
 
 def _step(params, state, token, model_cfg, sleep_cfg):
@@ -154,7 +162,9 @@ def _prefill_windows(params, state, tokens, model_cfg, sleep_cfg):
     """
     (fast, prev_kv, has_prev), logits = sleep_lm.sleep_over_windows(
         params, (state.fast_weights, state.prev_kv, state.has_prev), tokens, model_cfg, sleep_cfg)
-    return logits, state.replace(fast_weights=fast, prev_kv=prev_kv, has_prev=has_prev)
+    return logits, state.replace(fast_weights=fast, prev_kv=prev_kv, has_prev=has_prev,
+                                 window_start_fast={name: fast[name]
+                                                    for name in state.window_start_fast})
 
 
 def _sample(logits, rng, temperature):

@@ -10,13 +10,16 @@ Equivalently S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T with a_t = ex
 The state and all decay arithmetic are float32 whatever the input dtype; the output
 takes the dtype of ``v``.
 
-Layout (flash-linear-attention's): q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g and beta
-``[B, T, H]``, state ``[B, H, K, V]``.
+Layout (flash-linear-attention's): q, k ``[B, T, Hk, K]``, v ``[B, T, H, V]``, g and beta
+``[B, T, H]``, state ``[B, H, K, V]``. Grouped value heads (Qwen3.5, fla's GVA): ``H`` may be
+a multiple of ``Hk``; key head ``i`` then serves value heads ``i*r .. (i+1)*r - 1``
+(``r = H / Hk``), i.e. q and k are repeated along heads (``jnp.repeat``) before the update.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.gated_delta_rule import pallas, reference, xla
@@ -42,15 +45,17 @@ def validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size):
         if arr.ndim != rank:
             raise _shape_error(name, f"must have rank {rank}, got rank {arr.ndim}", **shapes)
     if k.shape != q.shape:
-        raise _shape_error("k", "must have the same shape as q [B, T, H, K]", **shapes)
-    bsz, seq, heads, dk = q.shape
-    if v.shape[:3] != (bsz, seq, heads):
-        raise _shape_error("v", "must be [B, T, H, V] with B, T, H matching q", **shapes)
+        raise _shape_error("k", "must have the same shape as q [B, T, Hk, K]", **shapes)
+    bsz, seq, key_heads, dk = q.shape
+    heads = v.shape[2]
+    if v.shape[:2] != (bsz, seq) or heads % key_heads:
+        raise _shape_error("v", "must be [B, T, H, V] with B, T matching q and H a multiple of "
+                           "q's heads Hk", **shapes)
     dv = v.shape[3]
     if g.shape != (bsz, seq, heads):
-        raise _shape_error("g", "must be [B, T, H] matching q", **shapes)
+        raise _shape_error("g", "must be [B, T, H] matching v", **shapes)
     if beta.shape != (bsz, seq, heads):
-        raise _shape_error("beta", "must be [B, T, H] matching q", **shapes)
+        raise _shape_error("beta", "must be [B, T, H] matching v", **shapes)
     if initial_state is not None and tuple(initial_state.shape) != (bsz, heads, dk, dv):
         raise _shape_error(
             "initial_state", f"must be [B, H, K, V] = {(bsz, heads, dk, dv)}",
@@ -74,8 +79,8 @@ def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, scale=None, chunk_
     """Gated delta rule over a sequence; returns ``(o [B,T,H,V], final_state [B,H,K,V] f32)``.
 
     Args:
-      q, k: ``[B, T, H, K]`` queries and keys (normally L2-normalised per head).
-      v: ``[B, T, H, V]`` values.
+      q, k: ``[B, T, Hk, K]`` queries and keys (normally L2-normalised per head).
+      v: ``[B, T, H, V]`` values, ``H`` a multiple of ``Hk`` (grouped value heads).
       g: ``[B, T, H]`` log-decay, ``<= 0`` (``0`` means no decay).
       beta: ``[B, T, H]`` write strength, normally in ``(0, 1)``.
       initial_state: ``[B, H, K, V]`` fast weights to start from (zeros if None).
@@ -98,8 +103,12 @@ def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, scale=None, chunk_
         shapes seen), ``initial_state`` not ``[B, H, K, V]``, unknown ``impl``, a bad
         ``chunk_size``, or (for concrete inputs) a positive ``g``.
     """
-    _, _, _, dk, _ = validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size)
+    _, _, heads, dk, _ = validate_inputs(q, k, v, g, beta, initial_state, impl, chunk_size)
     scale = float(dk) ** -0.5 if scale is None else float(scale)
+    if q.shape[2] != heads:
+        # grouped value heads: every implementation sees one key per fast-weight matrix
+        # (the copies are [B, T, H, K], the size of v when K = V; autodiff sums their gradients)
+        q, k = (jnp.repeat(a, heads // q.shape[2], axis=2) for a in (q, k))
     common = dict(initial_state=initial_state, scale=scale)
     if impl == "recurrent":
         return reference.gated_delta_rule_recurrent(q, k, v, g, beta, **common)

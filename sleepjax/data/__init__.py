@@ -1,4 +1,5 @@
-"""Procedural data for the sleep tasks: Rule 110, Depo and GSM-Infinite-style math.
+"""Procedural data for the sleep tasks: Rule 110, Depo and GSM-Infinite-style math (or, with
+``task.gsm_infinite_files``, the published GSM-Infinite rows: ``sleepjax.data.gsm_infinite``).
 
 Public API:
 

@@ -12,6 +12,7 @@ INT = "int"
 BOOL = "bool"
 INTS = "tuple of ints"
 STR = "str"
+PATHS = "comma-separated paths / globs (str or sequence of str)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,18 @@ def coerce(key: str, field: Field, value: Any) -> Any:
         if not isinstance(value, str):
             raise fail(key, "must be a str", value)
         return value
+    if field.kind == PATHS:
+        # Stored as one comma-joined str so that ConfigDict keeps one type and the command line
+        # (--config.task.key=a.jsonl,b/*.parquet) can set it.
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, bytes) or not hasattr(items, "__iter__"):
+            raise fail(key, "must be a str or a sequence of str", value)
+        items = list(items)
+        if not all(isinstance(v, str) for v in items):
+            raise fail(key, "must be a str or a sequence of str", value)
+        if not isinstance(value, str) and any("," in v for v in items):
+            raise fail(key, "a path must not contain ','", value)
+        return ",".join(p.strip() for v in items for p in v.split(",") if p.strip())
     raise AssertionError(f"unknown field kind {field.kind!r}")
 
 

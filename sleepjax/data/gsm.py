@@ -22,6 +22,9 @@ after ``answer :`` at the very end (left padding takes up what the sentences lea
     <pad>.. question : how many figs does Cara have ? <facts, shuffled> answer : 1 2
 
 The answer's digits form one answer (one ``answer_id``) whose positions carry the difficulty.
+
+With ``gsm_infinite_files`` set, the task reads the published GSM-Infinite rows instead
+(:mod:`sleepjax.data.gsm_infinite`, same record layout); the generator stays the default.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from sleepjax.data import fields as F
+from sleepjax.data import gsm_infinite
 from sleepjax.data.source import Example, ProceduralSource
 from sleepjax.data.tokenizers import Tokenizer
 
@@ -67,6 +71,12 @@ FIELDS = {
     "window": F.Field(192, F.INT, "natural attention window L (paper: 2000 of ~2650 tokens)"),
     "num_train": F.Field(1_000_000_000, F.INT, "records in the train split (generated on demand)"),
     "num_test": F.Field(1600, F.INT, "records in the test split (paper: 1600)"),
+    "gsm_infinite_files": F.Field("", F.PATHS, "published GSM-Infinite rows (.jsonl / .json / "
+                                  ".parquet files, globs or directories); empty: our generator"),
+    "gsm_infinite_test_files": F.Field("", F.PATHS, "held-out published rows; empty: a hash "
+                                       "split of gsm_infinite_files"),
+    "tokenizer_path": F.Field("", F.STR, "tokenizer.json (or its directory) for the published "
+                              "rows; empty: a word vocabulary fitted on the files"),
 }
 
 
@@ -103,9 +113,15 @@ def check(cfg: Mapping[str, Any]) -> None:
     F.require(all(1 <= ops <= cfg["max_ops"] for ops in cfg["eval_ops"]), "eval_ops",
               f"every value must be in [1, max_ops={cfg['max_ops']}]", cfg["eval_ops"])
     F.require(2 <= cfg["max_value"] <= 999, "max_value", "must be in [2, 999]", cfg["max_value"])
-    needed = min_seq_len(cfg["max_ops"], cfg["max_value"])
-    F.require(cfg["seq_len"] >= needed, "seq_len",
-              f"must be >= {needed} to fit a {cfg['max_ops']}-operation problem", cfg["seq_len"])
+    if cfg["gsm_infinite_files"]:
+        gsm_infinite.check_files(cfg)
+    else:
+        for key in ("gsm_infinite_test_files", "tokenizer_path"):
+            F.require(not cfg[key], key, "is only used with gsm_infinite_files (set that too)",
+                      cfg[key])
+        needed = min_seq_len(cfg["max_ops"], cfg["max_value"])
+        F.require(cfg["seq_len"] >= needed, "seq_len", f"must be >= {needed} to fit a "
+                  f"{cfg['max_ops']}-operation problem", cfg["seq_len"])
     F.require(1 <= cfg["window"] <= cfg["seq_len"], "window",
               f"must be in [1, seq_len={cfg['seq_len']}]", cfg["window"])
     for key in ("num_train", "num_test"):
@@ -212,6 +228,9 @@ class GsmSource(ProceduralSource):
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
         super().__init__(task_cfg, split, seed)
         cfg = self.task_cfg
+        if cfg["gsm_infinite_files"]:
+            raise ValueError("task.gsm_infinite_files: GsmSource generates problems; build the "
+                             "source of published rows with sleepjax.data.make_source")
         self.tokenizer = make_tokenizer()
         self.seq_len = seq_len(cfg)
         self.window = default_window(cfg)
@@ -299,4 +318,20 @@ class GsmSource(ProceduralSource):
                        identity=identity)
 
 
-SOURCE = GsmSource
+class PublishedGsmSource(gsm_infinite.GsmInfiniteSource):
+    """Records of this task from published GSM-Infinite rows (:mod:`sleepjax.data.gsm_infinite`)."""
+
+    task_name = NAME
+    fields = FIELDS
+    check_config = staticmethod(check)
+    difficulty_name = DIFFICULTY_NAME
+
+
+def make_source(task_cfg: Mapping[str, Any], split: str, seed: int):
+    """Our generator, or the published GSM-Infinite rows when ``gsm_infinite_files`` is set."""
+    if task_cfg.get("gsm_infinite_files"):
+        return PublishedGsmSource(task_cfg, split, seed)
+    return GsmSource(task_cfg, split, seed)
+
+
+SOURCE = make_source

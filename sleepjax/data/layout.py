@@ -41,10 +41,15 @@ def check_answers_in_prediction_window(source, window: int, num_records: int = 1
     """Raise ``ValueError`` naming ``sleep.window`` if an answer lies in a window that sleeps.
 
     Checks the first ``num_records`` records of ``source`` (the task layouts are fixed or
-    padded to fixed positions, so a few records show where answers can fall).
+    padded to fixed positions, so a few records show where answers can fall), or all of them
+    through ``source.earliest_loss_position()`` where a source has it (published rows, whose
+    answers vary in length).
     """
     start = prediction_chunk_start(int(source.seq_len), window)
-    first = first_loss_position(source, num_records)
+    if hasattr(source, "earliest_loss_position"):
+        first = int(source.earliest_loss_position())
+    else:
+        first = first_loss_position(source, num_records)
     if first < start:
         raise ValueError(
             f"sleep.window: with L={window} and T={source.seq_len} the windows before input "

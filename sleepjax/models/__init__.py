@@ -20,6 +20,14 @@ with positions counted from its window's start. GDN: q, k, v projections -> caus
 conv -> SiLU; q, k L2-normalised per head; beta = sigmoid(x wb); the gated delta rule
 (:mod:`sleepjax.ops`) from the carried S; RMSNorm(o) * SiLU(x wg); wo.
 
+Options for pretrained architectures (Qwen3.5; every default keeps the model above): attention
+with fewer key/value heads (``attn_kv_heads``), an output gate ``o * sigmoid(x wg)``
+(``attn_output_gate``), per-head q/k RMSNorm (``attn_qk_norm``), partial rotary
+(``rope_fraction``) or no positions (``position_encoding="none"``); norms that scale by
+``1 + w`` (``zero_centered_norms``); GDN with more value heads than key heads
+(``gdn_value_heads``), a value head dim of its own (``gdn_value_head_dim``) and its own output
+norm eps (``gdn_norm_eps``).
+
 Parameters (path, shape, logical axes: see :mod:`sleepjax.parallel.logical_axes`):
 
 """

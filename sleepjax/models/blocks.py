@@ -24,15 +24,15 @@ def block_name(i: int) -> str:
 
 def gdn_layer_names(cfg: ModelConfig, start: int = 0, end: int | None = None):
     end = cfg.num_layers if end is None else end
-    return [block_name(i) for i in range(start, end) if cfg.layer_pattern[i] == "G"]
+    return [block_name(i) for i in range(start, end) if cfg.mixer_pattern[i] == "G"]
 
 
 def attn_layer_names(cfg: ModelConfig):
-    return [block_name(i) for i, kind in enumerate(cfg.layer_pattern) if kind == "A"]
+    return [block_name(i) for i, kind in enumerate(cfg.mixer_pattern) if kind == "A"]
 
 
 def zero_fast_weights(cfg: ModelConfig, batch_size: int):
-    """Fresh fast weights (every sequence starts from S = 0): ``{blocks_i: [B, H, K, V] f32}``."""
+    """Fresh fast weights (every sequence starts from S = 0): ``{blocks_i: [B, Hv, K, V] f32}``."""
     return {name: zero_fast_weights_of(cfg, batch_size) for name in gdn_layer_names(cfg)}
 
 
@@ -64,7 +64,7 @@ def embed(params, tokens, cfg: ModelConfig):
 def output_logits(params, h, cfg: ModelConfig):
     """Final RMSNorm and the (tied or untied) head; float32 logits."""
     dt = layers.compute_dtype(cfg)
-    h = layers.rms_norm(h, params["final_norm"]["scale"], cfg.norm_eps)
+    h = layers.norm(h, params["final_norm"], cfg)
     w = params["embed"]["embedding"].T if cfg.tie_embeddings else params["head"]["kernel"]
     return jnp.dot(h.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
 
@@ -75,14 +75,15 @@ def block(p, h, cache, position, cfg: ModelConfig, previous=None):
     ``cache`` / ``position`` / ``previous`` go to the mixer (``previous`` to attention only).
     Returns ``(h, cache)``.
     """
-    x = layers.rms_norm(h, p["mixer_norm"]["scale"], cfg.norm_eps)
+    x = layers.norm(h, p["mixer_norm"], cfg)
     if "attn" in p:
         out, cache = attention(p["attn"], x, cache, position, cfg, previous)
     else:
         out, cache = gated_deltanet(p["gdn"], x, cache, position, cfg)
         cache = cache._replace(fast_weights=fast_weight_layout(cache.fast_weights))
     h = h + out
-    h = h + layers.mlp(p["mlp"], layers.rms_norm(h, p["mlp_norm"]["scale"], cfg.norm_eps), cfg)
+    if "mlp" in p:                  # lowercase pattern letters are blocks without an MLP
+        h = h + layers.mlp(p["mlp"], layers.norm(h, p["mlp_norm"], cfg), cfg)
     return residual_stream(h), cache
 
 

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 _DTYPES = ("float32", "bfloat16")
 _GDN_IMPLS = ("recurrent", "chunked", "pallas")
 _EVICTIONS = ("hard", "sliding")
+_POSITION_ENCODINGS = ("rope", "none")
+_CODAS = ("after_loop", "wake_only")
 
 
 def _fail(prefix: str, field: str, msg: str, value: Any) -> ValueError:
@@ -38,17 +40,29 @@ class ModelConfig:
 
     vocab_size: int
     d_model: int = 256
-    layer_pattern: str = "AGAG"      # A = sliding-window attention block, G = Gated DeltaNet block
+    layer_pattern: str = "AGAG"      # A = sliding-window attention block, G = Gated DeltaNet block;
+                                     # lowercase a / g: the same block without its MLP
     attn_heads: int = 4
     attn_head_dim: int = 64
-    gdn_heads: int = 4
+    attn_kv_heads: int = 0           # grouped-query attention: key/value heads (0 = attn_heads)
+    attn_output_gate: bool = False   # o * sigmoid(x wg) per head and feature, before wo (Qwen3.5)
+    attn_qk_norm: bool = False       # per-head RMSNorm of q and k before RoPE (Qwen3 / Qwen3.5)
+    position_encoding: str = "rope"  # "rope" or "none" (attention sees no positions at all)
+    rope_fraction: float = 1.0       # partial rotary: RoPE on the first int(D * fraction) features
+    gdn_heads: int = 4               # key (and query) heads of a GDN block
     gdn_head_dim: int = 64           # K, the key dimension of each fast-weight matrix
-    gdn_expand_v: int = 1            # V = K * gdn_expand_v
+    gdn_expand_v: int = 1            # V = K * gdn_expand_v (unless gdn_value_head_dim is set)
+    gdn_value_heads: int = 0         # value heads = fast-weight matrices (0 = gdn_heads); a key
+                                     # head serves gdn_value_heads / gdn_heads consecutive ones
+    gdn_value_head_dim: int = 0      # V set directly (0 = gdn_head_dim * gdn_expand_v)
     mlp_hidden: int = 0              # 0 means round_up(8/3 * d_model, 64) (SwiGLU)
     conv_size: int = 4               # causal depthwise short convolution on q, k, v
     tie_embeddings: bool = True
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
+    gdn_norm_eps: float | None = None   # eps of the GDN output norm (None = norm_eps)
+    zero_centered_norms: bool = False   # block, final and q/k norms scale by (1 + w), w init 0;
+                                        # the GDN output norm always scales by w
     gdn_impl: str = "chunked"        # fast-weight op implementation (sleepjax.ops.IMPLS)
     gdn_chunk_size: int = 64
     dtype: str = "float32"           # activation / matmul dtype; fast weights stay float32
@@ -58,17 +72,46 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "attn_heads", "attn_head_dim", "gdn_heads",
                      "gdn_head_dim", "gdn_expand_v", "conv_size", "gdn_chunk_size"):
             _check_positive_int(p, name, getattr(self, name))
+        for name in ("attn_kv_heads", "gdn_value_heads", "gdn_value_head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise _fail(p, name, "must be an int >= 0 (0 = the default)", value)
+        if self.attn_heads % self.kv_heads:
+            raise _fail(p, "attn_kv_heads", f"must divide attn_heads={self.attn_heads}",
+                        self.attn_kv_heads)
+        if self.gdn_num_value_heads % self.gdn_heads:
+            raise _fail(p, "gdn_value_heads", f"must be a multiple of gdn_heads={self.gdn_heads}",
+                        self.gdn_value_heads)
+        if self.gdn_value_head_dim and self.gdn_expand_v != 1:
+            raise _fail(p, "gdn_value_head_dim", "set either it or gdn_expand_v, not both",
+                        self.gdn_value_head_dim)
+        for name in ("attn_output_gate", "attn_qk_norm", "zero_centered_norms"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(p, name, "must be a bool", getattr(self, name))
+        if self.position_encoding not in _POSITION_ENCODINGS:
+            raise _fail(p, "position_encoding", f"must be one of {_POSITION_ENCODINGS}",
+                        self.position_encoding)
+        fraction = self.rope_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                or not 0 < fraction <= 1:
+            raise _fail(p, "rope_fraction", "must be a number in (0, 1]", fraction)
+        if self.position_encoding == "rope" and (self.rotary_dim < 2 or self.rotary_dim % 2):
+            if fraction == 1:
+                raise _fail(p, "attn_head_dim", "must be even (RoPE rotates pairs of features)",
+                            self.attn_head_dim)
+            raise _fail(p, "rope_fraction", f"must leave an even number >= 2 of rotated features "
+                        f"(int(attn_head_dim * rope_fraction) = {self.rotary_dim})", fraction)
+        if self.gdn_norm_eps is not None and (isinstance(self.gdn_norm_eps, bool) or not isinstance(
+                self.gdn_norm_eps, (int, float)) or self.gdn_norm_eps <= 0):
+            raise _fail(p, "gdn_norm_eps", "must be None or a positive number", self.gdn_norm_eps)
         if isinstance(self.mlp_hidden, bool) or not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 0:
             raise _fail(p, "mlp_hidden", "must be an int >= 0 (0 = default 8/3 d_model)", self.mlp_hidden)
         pattern = self.layer_pattern
-        if not isinstance(pattern, str) or not pattern or set(pattern) - {"A", "G"}:
-            raise _fail(p, "layer_pattern", "must be a non-empty string of 'A' and 'G'", pattern)
-        if "G" not in pattern:
-            raise _fail(p, "layer_pattern", "needs at least one 'G' block: only fast weights cross a "
-                        "window boundary, so a model without one cannot remember anything", pattern)
-        if self.attn_head_dim % 2:
-            raise _fail(p, "attn_head_dim", "must be even (RoPE rotates pairs of features)",
-                        self.attn_head_dim)
+        if not isinstance(pattern, str) or not pattern or set(pattern) - set("AGag"):
+            raise _fail(p, "layer_pattern", "must be a non-empty string of 'A' and 'G' (lowercase: "
+                        "the block without its MLP)", pattern)
+        # An attention-only pattern is a valid architecture (a pretrained model to load, and
+        # then to insert GDN blocks into); the sleeping model refuses it (validation.check_configs).
         if self.gdn_impl not in _GDN_IMPLS:
             raise _fail(p, "gdn_impl", f"must be one of {_GDN_IMPLS}", self.gdn_impl)
         if self.dtype not in _DTYPES:
@@ -85,8 +128,34 @@ class ModelConfig:
         return len(self.layer_pattern)
 
     @property
+    def mixer_pattern(self) -> str:
+        """``layer_pattern`` by mixer only (``A`` / ``G``), whether or not a block has an MLP."""
+        return self.layer_pattern.upper()
+
+    @property
+    def kv_heads(self) -> int:
+        """Attention key/value heads (``attn_kv_heads`` resolved)."""
+        return self.attn_kv_heads or self.attn_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Features of each attention head that RoPE rotates (0 without positions)."""
+        if self.position_encoding == "none":
+            return 0
+        return int(self.attn_head_dim * self.rope_fraction)
+
+    @property
+    def gdn_num_value_heads(self) -> int:
+        """Fast-weight matrices per GDN layer (``gdn_value_heads`` resolved)."""
+        return self.gdn_value_heads or self.gdn_heads
+
+    @property
     def gdn_value_dim(self) -> int:
-        return self.gdn_head_dim * self.gdn_expand_v
+        return self.gdn_value_head_dim or self.gdn_head_dim * self.gdn_expand_v
+
+    @property
+    def gdn_out_norm_eps(self) -> float:
+        return self.norm_eps if self.gdn_norm_eps is None else self.gdn_norm_eps
 
     @property
     def mlp_hidden_dim(self) -> int:
@@ -107,6 +176,10 @@ class SleepConfig:
     passes: int = 1                  # N: passes over a full window, the wake pass included
     eviction: str = "hard"           # "hard": clear the KV cache; "sliding": keep the last L-1 tokens
     loop_range: tuple[int, int] | None = None   # blocks [start, end) re-run by sleep passes; None = all
+    # With a loop_range ending before the top: "after_loop" = the coda blocks [end, D) run once
+    # more after the last sleep pass, on its features, from their window-start fast weights
+    # (prelude once, loop N times, coda once); "wake_only" = the coda runs in the wake pass only.
+    coda: str = "after_loop"
     remat: bool = True               # rematerialise each sleep pass (memory flat in N)
     # Sliding eviction only: whether sleep passes 2..N also attend to the previous window's
     # wake-pass K/V (the paper leaves this open, PAPER.md 4.4). False = within-window only.
@@ -126,6 +199,8 @@ class SleepConfig:
                     or not 0 <= lr[0] < lr[1]:
                 raise _fail(p, "loop_range", "must be None or (start, end) with 0 <= start < end", self.loop_range)
             object.__setattr__(self, "loop_range", lr)
+        if self.coda not in _CODAS:
+            raise _fail(p, "coda", f"must be one of {_CODAS}", self.coda)
         if not isinstance(self.remat, bool):
             raise _fail(p, "remat", "must be a bool", self.remat)
         if not isinstance(self.sleep_sees_previous_window, bool):
@@ -138,6 +213,13 @@ class SleepConfig:
             raise _fail("sleep", "loop_range", f"end must be <= the number of layers ({num_layers})",
                         self.loop_range)
         return self.loop_range
+
+    def coda_range(self, num_layers: int) -> tuple[int, int] | None:
+        """Blocks re-run once after the sleep passes (``[end, D)``), or None."""
+        end = self.resolved_loop_range(num_layers)[1]
+        if self.passes == 1 or self.coda != "after_loop" or end == num_layers:
+            return None
+        return (end, num_layers)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SleepConfig":

@@ -1,6 +1,11 @@
 """The Gated DeltaNet mixer (causal short conv + gated delta rule): one function for the window
 form (training, sleep passes, prefill) and the one-token streaming step.
 
+Heads: ``gdn_heads`` key (and query) heads of dim K and ``gdn_num_value_heads`` value heads of
+dim V, one fast-weight matrix ``[K, V]`` per value head; with more value heads than key heads
+(Qwen3.5), key head ``i`` serves value heads ``i*r .. (i+1)*r - 1``. The gates (beta, decay)
+are per value head.
+
 The causal short convolution restarts from zeros at every window start and in every pass (like
 the KV cache under hard eviction): only the fast weights S cross a window boundary. S and the
 decays are float32 always.
@@ -24,8 +29,8 @@ GDN_STREAMS = ("q", "k", "v")   # projected, convolved and activated separately
 class GDNCache(NamedTuple):
     """What a GDN layer remembers: fast weights and (streaming) the short conv's history.
 
-    ``fast_weights [B, H, K, V]`` float32; ``conv``: None (a window start: zero history) or
-    ``{q, k: [B, W-1, H*K], v: [B, W-1, H*V]}`` the last ``conv_size - 1`` pre-conv inputs.
+    ``fast_weights [B, Hv, K, V]`` float32; ``conv``: None (a window start: zero history) or
+    ``{q, k: [B, W-1, Hk*K], v: [B, W-1, Hv*V]}`` the last ``conv_size - 1`` pre-conv inputs.
     """
 
     fast_weights: jax.Array
@@ -34,11 +39,12 @@ class GDNCache(NamedTuple):
 
 def conv_channels(cfg: ModelConfig) -> dict:
     return {"q": cfg.gdn_heads * cfg.gdn_head_dim, "k": cfg.gdn_heads * cfg.gdn_head_dim,
-            "v": cfg.gdn_heads * cfg.gdn_value_dim}
+            "v": cfg.gdn_num_value_heads * cfg.gdn_value_dim}
 
 
 def zero_fast_weights_of(cfg: ModelConfig, batch_size: int):
-    return jnp.zeros((batch_size, cfg.gdn_heads, cfg.gdn_head_dim, cfg.gdn_value_dim), jnp.float32)
+    return jnp.zeros((batch_size, cfg.gdn_num_value_heads, cfg.gdn_head_dim, cfg.gdn_value_dim),
+                     jnp.float32)
 
 
 def zero_conv_history(cfg: ModelConfig, batch_size: int) -> dict:
@@ -101,7 +107,7 @@ def gated_deltanet(p, x, cache: GDNCache | None, position, cfg: ModelConfig):
     del position
     dt = compute_dtype(cfg)
     bsz, seq, _ = x.shape
-    h, dk, dv = cfg.gdn_heads, cfg.gdn_head_dim, cfg.gdn_value_dim
+    h, hv, dk, dv = cfg.gdn_heads, cfg.gdn_num_value_heads, cfg.gdn_head_dim, cfg.gdn_value_dim
     if cache is None:
         cache = GDNCache(zero_fast_weights_of(cfg, bsz))
     qkv, beta, g, gate = _projections(p, x, cfg)
@@ -111,14 +117,17 @@ def gated_deltanet(p, x, cache: GDNCache | None, position, cfg: ModelConfig):
         convolved[name], history[name] = causal_conv(qkv[name], p["conv_" + name], past)
     q = _l2_normalize(jax.nn.silu(convolved["q"]).reshape(bsz, seq, h, dk))
     k = _l2_normalize(jax.nn.silu(convolved["k"]).reshape(bsz, seq, h, dk))
-    v = jax.nn.silu(convolved["v"]).reshape(bsz, seq, h, dv)
+    v = jax.nn.silu(convolved["v"]).reshape(bsz, seq, hv, dv)
     if cache.conv is not None and seq == 1:
-        state, o = recurrent_step(cache.fast_weights, q[:, 0], k[:, 0], v[:, 0], g[:, 0],
-                                  beta[:, 0], dk ** -0.5)
+        # grouped value heads: the one-token step takes one key per matrix (the op repeats
+        # keys itself, see pallas_kernels.gated_delta_rule.api)
+        q1, k1 = (jnp.repeat(a[:, 0], hv // h, axis=1) for a in (q, k))
+        state, o = recurrent_step(cache.fast_weights, q1, k1, v[:, 0], g[:, 0], beta[:, 0],
+                                  dk ** -0.5)
         o = o[:, None].astype(v.dtype)
     else:
         o, state = gated_delta_rule(q, k, v, g, beta, initial_state=cache.fast_weights,
                                     chunk_size=cfg.gdn_chunk_size, impl=cfg.gdn_impl)
-    o = rms_norm(o.astype(dt), p["out_norm"]["scale"], cfg.norm_eps)
-    o = o * jax.nn.silu(gate.reshape(bsz, seq, h, dv))
-    return dense(o.reshape(bsz, seq, h * dv), p["wo"], dt), GDNCache(state, history)
+    o = rms_norm(o.astype(dt), p["out_norm"]["scale"], cfg.gdn_out_norm_eps)
+    o = o * jax.nn.silu(gate.reshape(bsz, seq, hv, dv))
+    return dense(o.reshape(bsz, seq, hv * dv), p["wo"], dt), GDNCache(state, history)

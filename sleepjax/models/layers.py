@@ -24,26 +24,39 @@ def dense(x, w, dtype):
     return jnp.dot(x.astype(dtype), w.astype(dtype))
 
 
-def rms_norm(x, scale, eps):
-    """RMSNorm over the last axis, computed in float32, returned in x's dtype."""
+def rms_norm(x, scale, eps, zero_centered=False):
+    """RMSNorm over the last axis, computed in float32, returned in x's dtype.
+
+    ``zero_centered``: the scale is ``1 + scale`` (Qwen3.5 / Gemma storage), so a zero
+    parameter is the identity.
+    """
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+    scale = scale.astype(jnp.float32)
+    return (y * (1.0 + scale if zero_centered else scale)).astype(x.dtype)
 
 
-def rope(x, positions, theta):
+def norm(x, p, cfg: ModelConfig):
+    """The model's RMSNorm with params ``p = {scale}`` (zero-centred if the config says so)."""
+    return rms_norm(x, p["scale"], cfg.norm_eps, cfg.zero_centered_norms)
+
+
+def rope(x, positions, theta, rotary_dim=None):
     """Rotary embedding (rotate-half convention). x ``[B, T, H, D]``, positions ``[T]``.
 
+    ``rotary_dim``: rotate only the first ``rotary_dim`` features (partial rotary, as in
+    Qwen3.5 and GPT-NeoX); the rest pass through. Frequencies are ``theta ** (-2i / rotary_dim)``.
     Rotations compose: ``rope(rope(x, p), q) == rope(x, p + q)``, which the sliding-window
     boundary shift relies on.
     """
-    half = x.shape[-1] // 2
+    rotary_dim = x.shape[-1] if rotary_dim is None else rotary_dim
+    half = rotary_dim // 2
     freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]          # [T, half]
     cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
     x32 = x.astype(jnp.float32)
-    x1, x2 = x32[..., :half], x32[..., half:]
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    x1, x2, rest = x32[..., :half], x32[..., half:rotary_dim], x32[..., rotary_dim:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
     return out.astype(x.dtype)
 
 

@@ -67,9 +67,11 @@ SIZES: dict[str, Callable[[ModelConfig], int]] = {
     "d": lambda c: c.d_model,
     "vocab": lambda c: c.vocab_size,
     "Ha*Da": lambda c: c.attn_heads * c.attn_head_dim,
+    "Hkv*Da": lambda c: c.kv_heads * c.attn_head_dim,
+    "Da": lambda c: c.attn_head_dim,
     "Hg*K": lambda c: c.gdn_heads * c.gdn_head_dim,
-    "Hg*V": lambda c: c.gdn_heads * c.gdn_value_dim,
-    "Hg": lambda c: c.gdn_heads,
+    "Hv*V": lambda c: c.gdn_num_value_heads * c.gdn_value_dim,
+    "Hv": lambda c: c.gdn_num_value_heads,
     "V": lambda c: c.gdn_value_dim,
     "F": lambda c: c.mlp_hidden_dim,
     "conv_size": lambda c: c.conv_size,
@@ -107,18 +109,28 @@ def _projection(fan_in: str, fan_out: str, axes, note="", residual=False) -> Par
     return Param((fan_in, fan_out), tuple(axes), init, note)
 
 
-def _norm(dim: str, note="") -> dict[str, Param]:
+def _norm(dim: str, note="", zero_centered_switch=True) -> dict[str, Param]:
+    """A norm scale; with ``zero_centered_norms`` (and the switch) it is stored as ``w`` of a
+    ``(1 + w)`` scaling, so it starts at 0 and weight decay pulls it towards identity."""
+    def init(c):
+        zero = zero_centered_switch and c.zero_centered_norms
+        return nn.initializers.zeros if zero else nn.initializers.ones
     # norm scales are small and read by every shard: replicated
-    return {"scale": Param((dim,), (None,), lambda c: nn.initializers.ones, note)}
+    return {"scale": Param((dim,), (None,), init, note)}
 
 
 _COLUMN, _ROW = ("embed", "heads"), ("heads", "embed")
 
 ATTENTION: dict[str, Param] = {
     "wq": _projection("d", "Ha*Da", _COLUMN, "in 'A' blocks"),
-    "wk": _projection("d", "Ha*Da", _COLUMN),
-    "wv": _projection("d", "Ha*Da", _COLUMN),
+    "wk": _projection("d", "Hkv*Da", _COLUMN, "Hkv = attn_kv_heads"),
+    "wv": _projection("d", "Hkv*Da", _COLUMN),
     "wo": _projection("Ha*Da", "d", _ROW, residual=True),
+}
+# Optional attention parameters, by the ModelConfig switch that adds them.
+ATTENTION_OPTIONS: dict[str, dict[str, Any]] = {
+    "attn_output_gate": {"wg": _projection("d", "Ha*Da", _COLUMN, "attn_output_gate")},
+    "attn_qk_norm": {"q_norm": _norm("Da", "attn_qk_norm"), "k_norm": _norm("Da")},
 }
 
 _CONV_INIT = lambda c: _uniform(1.0 / math.sqrt(c.conv_size))  # noqa: E731  (PyTorch Conv1d default)
@@ -126,17 +138,18 @@ _CONV_INIT = lambda c: _uniform(1.0 / math.sqrt(c.conv_size))  # noqa: E731  (Py
 GATED_DELTANET: dict[str, Any] = {
     "wq": _projection("d", "Hg*K", _COLUMN, "in 'G' blocks"),
     "wk": _projection("d", "Hg*K", _COLUMN),
-    "wv": _projection("d", "Hg*V", _COLUMN),
-    "wa": _projection("d", "Hg", _COLUMN, "decay input"),
-    "wb": _projection("d", "Hg", _COLUMN, "write strength beta"),
-    "wg": _projection("d", "Hg*V", _COLUMN, "output gate"),
-    "wo": _projection("Hg*V", "d", _ROW, residual=True),
+    "wv": _projection("d", "Hv*V", _COLUMN, "Hv = gdn value heads"),
+    "wa": _projection("d", "Hv", _COLUMN, "decay input"),
+    "wb": _projection("d", "Hv", _COLUMN, "write strength beta"),
+    "wg": _projection("d", "Hv*V", _COLUMN, "output gate"),
+    "wo": _projection("Hv*V", "d", _ROW, residual=True),
     "conv_q": Param(("conv_size", "Hg*K"), (None, "heads"), _CONV_INIT, "depthwise causal short conv"),
     "conv_k": Param(("conv_size", "Hg*K"), (None, "heads"), _CONV_INIT),
-    "conv_v": Param(("conv_size", "Hg*V"), (None, "heads"), _CONV_INIT),
-    "A_log": Param(("Hg",), ("heads",), lambda c: _a_log_init, "g = -exp(A_log) softplus(x wa + dt_bias)"),
-    "dt_bias": Param(("Hg",), ("heads",), lambda c: _dt_bias_init),
-    "out_norm": _norm("V", "gated RMSNorm, shared by heads"),
+    "conv_v": Param(("conv_size", "Hv*V"), (None, "heads"), _CONV_INIT),
+    "A_log": Param(("Hv",), ("heads",), lambda c: _a_log_init, "g = -exp(A_log) softplus(x wa + dt_bias)"),
+    "dt_bias": Param(("Hv",), ("heads",), lambda c: _dt_bias_init),
+    "out_norm": _norm("V", "gated RMSNorm, shared by heads; never zero-centred",
+                      zero_centered_switch=False),
 }
 
 MLP: dict[str, Param] = {
@@ -154,17 +167,33 @@ EMBED = {"embedding": Param(("vocab", "d"), ("vocab", "embed"),
 HEAD = {"kernel": _projection("d", "vocab", ("embed", "vocab"), "only when not tie_embeddings")}
 
 
-def block_layout(kind: str) -> dict[str, Any]:
-    """Pre-norm block: ``mixer_norm``, ``attn`` or ``gdn``, ``mlp_norm``, ``mlp``."""
-    mixer_name, mixer = MIXERS[kind]
+def block_layout(kind: str, options: frozenset = frozenset()) -> dict[str, Any]:
+    """Pre-norm block: ``mixer_norm``, ``attn`` or ``gdn``, ``mlp_norm``, ``mlp``; a lowercase
+    ``kind`` (``a`` / ``g``) is the block without ``mlp_norm`` and ``mlp``.
+
+    ``options``: the names of the switched-on :data:`ATTENTION_OPTIONS`.
+    """
+    mixer_name, mixer = MIXERS[kind.upper()]
+    if not kind.isupper():
+        return {"mixer_norm": _norm("d"), mixer_name: mixer}
+    if kind == "A":
+        mixer = dict(mixer)
+        for option, extra in ATTENTION_OPTIONS.items():
+            if option in options:
+                mixer.update(extra)
     return {"mixer_norm": _norm("d"), mixer_name: mixer, "mlp_norm": _norm("d"), "mlp": MLP}
 
 
-def lm_layout(pattern: str, tie_embeddings: bool) -> dict[str, Any]:
+def layout_options(cfg: ModelConfig) -> frozenset:
+    """The switches of ``cfg`` that add parameters."""
+    return frozenset(name for name in ATTENTION_OPTIONS if getattr(cfg, name))
+
+
+def lm_layout(pattern: str, tie_embeddings: bool, options: frozenset = frozenset()) -> dict[str, Any]:
     """The whole LM's parameters as a nested dict of :class:`Param` (declaration order)."""
     layout: dict[str, Any] = {"embed": EMBED}
     for i, kind in enumerate(pattern):
-        layout[f"blocks_{i}"] = block_layout(kind)
+        layout[f"blocks_{i}"] = block_layout(kind, options)
     layout["final_norm"] = _norm("d")
     if not tie_embeddings:
         layout["head"] = HEAD
@@ -197,15 +226,18 @@ class ParamGroup(nn.Module):
 
 def declare_lm_params(cfg: ModelConfig, pattern: str | None = None):
     """Declare the whole LM's parameters inside a compact linen ``__call__``."""
-    for name, group in lm_layout(pattern or cfg.layer_pattern, cfg.tie_embeddings).items():
+    for name, group in lm_layout(pattern or cfg.layer_pattern, cfg.tie_embeddings,
+                                 layout_options(cfg)).items():
         ParamGroup(group, cfg, name=name)()
 
 
 def _param_templates() -> dict[str, Param]:
     """``blocks_{i}/...`` path template -> Param, over every parameter any config can have
-    (blocks of every kind, an untied head)."""
+    (blocks of every kind with every option, an untied head)."""
     templates: dict[str, Param] = {}
-    for path, param in flatten_layout(lm_layout("".join(MIXERS), tie_embeddings=False)):
+    every_option = frozenset(ATTENTION_OPTIONS)
+    for path, param in flatten_layout(lm_layout("".join(MIXERS), tie_embeddings=False,
+                                                options=every_option)):
         template = re.sub(r"^blocks_\d+/", "blocks_{i}/", path)
         if templates.setdefault(template, param).axes != param.axes:
             raise ValueError(f"{template}: declared with logical axes {templates[template].axes} "

@@ -19,8 +19,12 @@ Semantics (PAPER.md 4.2, with the project's fixed choices):
   eviction). Under sliding eviction the rotated K/V of the last ``L-1`` wake-pass tokens of
   every attention layer cross it too, so a wake token attends to the previous ``L-1`` tokens;
   sleep passes attend within their window only unless ``SleepConfig.sleep_sees_previous_window``.
-* Blocks outside ``loop_range`` run only in the wake pass (documented deviation from a
-  prelude/middle/coda reading in which the coda would run after the loop).
+* With ``loop_range = (s, e)`` a sleeping window runs the prelude ``[0, s)`` once (in the wake
+  pass), the loop ``[s, e)`` N times, then (``SleepConfig.coda = "after_loop"``, the default)
+  the coda ``[e, D)`` once more on pass N's features, its GDN layers starting again from their
+  window-start fast weights (:func:`coda_pass`): the coda's consolidated S is written from the
+  refined features, replacing its wake-pass write. ``coda = "wake_only"`` keeps the coda's
+  wake-pass S (the coda then never sees refined features).
 * The short convolution and the attention cache restart at every window start and in every
   pass. ``passes == 1`` has no sleep passes at all: exactly the plain hybrid.
 
@@ -51,7 +55,7 @@ def zero_previous_window_kv(cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size
     """Sliding eviction's carried K/V of the previous window's last ``L-1`` tokens (empty if hard)."""
     if sleep_cfg.eviction != "sliding":
         return {}
-    shape = (batch_size, sleep_cfg.window - 1, cfg.attn_heads, cfg.attn_head_dim)
+    shape = (batch_size, sleep_cfg.window - 1, cfg.kv_heads, cfg.attn_head_dim)
     dt = layers.compute_dtype(cfg)
     return {name: (jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for name in attn_layer_names(cfg)}
 
@@ -93,14 +97,15 @@ def wake_pass(params, tokens, caches, position, model_cfg, sleep_cfg, prev_kv=No
 # ----------------------------------------------------------------------------- 2. sleep
 
 def sleep_passes(params, h_loop, fast, model_cfg, sleep_cfg, prev_kv=None, prev_valid=None):
-    """Passes 2..N over a full window; returns the consolidated fast weights.
+    """Passes 2..N over a full window; returns ``(h, fast)``: pass N's output of block
+    ``loop_end - 1`` and the consolidated fast weights.
 
     A ``lax.scan`` of length N-1 whose body (one pass over ``blocks[loop_start:loop_end]``) is
-    rematerialised when ``sleep_cfg.remat``. Hidden states of the passes are discarded.
+    rematerialised when ``sleep_cfg.remat``.
     """
     extra = sleep_cfg.passes - 1
     if extra == 0:
-        return fast
+        return h_loop, fast
     start, end = sleep_cfg.resolved_loop_range(model_cfg.num_layers)
     looped = gdn_layer_names(model_cfg, start, end)
     sees_prev = sleep_cfg.eviction == "sliding" and sleep_cfg.sleep_sees_previous_window
@@ -118,8 +123,27 @@ def sleep_passes(params, h_loop, fast, model_cfg, sleep_cfg, prev_kv=None, prev_
     def body(carry, _):
         return one_pass(params, prev, carry), None
 
-    (_, loop_fast), _ = jax.lax.scan(body, (h_loop, {n: fast[n] for n in looped}), None, length=extra)
-    return {**fast, **loop_fast}
+    (h, loop_fast), _ = jax.lax.scan(body, (h_loop, {n: fast[n] for n in looped}), None, length=extra)
+    return h, {**fast, **loop_fast}
+
+
+def coda_pass(params, h, window_start_fast, model_cfg, sleep_cfg, prev_kv=None, prev_valid=None):
+    """The coda ``[loop_end, D)`` once over pass N's features ``h``, its GDN layers starting
+    from ``window_start_fast``; returns their fast weights (``{}`` without a coda)."""
+    coda = sleep_cfg.coda_range(model_cfg.num_layers)
+    if coda is None:
+        return {}
+    names = gdn_layer_names(model_cfg, *coda)
+    sees_prev = sleep_cfg.eviction == "sliding" and sleep_cfg.sleep_sees_previous_window
+    _, caches = run_blocks(params, h, fast_weight_caches({n: window_start_fast[n] for n in names}),
+                           range(*coda), 0, model_cfg, prev_kv if sees_prev else None, prev_valid)
+    return fast_weights_of(caches, names)
+
+
+def coda_layer_names(model_cfg: ModelConfig, sleep_cfg: SleepConfig):
+    """GDN layers of the re-run coda, whose window-start fast weights a sleep needs."""
+    coda = sleep_cfg.coda_range(model_cfg.num_layers)
+    return [] if coda is None else gdn_layer_names(model_cfg, *coda)
 
 
 # ----------------------------------------------------------------------------- 3. evict
@@ -133,13 +157,18 @@ def evict(fast, kv, model_cfg, sleep_cfg):
     return fast, prev
 
 
-def sleep(params, h_loop, fast, kv, model_cfg, sleep_cfg, prev_kv=None, prev_valid=None):
-    """A full window's sleep: passes 2..N from ``h_loop [B, L, d]``, then eviction.
+def sleep(params, h_loop, fast, kv, model_cfg, sleep_cfg, prev_kv=None, prev_valid=None,
+          window_start_fast=None):
+    """A full window's sleep: passes 2..N from ``h_loop [B, L, d]``, the coda, then eviction.
 
     ``fast``: the fast weights after the wake pass; ``kv``: every attention layer's wake-pass
-    ``(k, v) [B, L, H, D]``. Returns ``(fast, prev_kv)``, what crosses the boundary.
+    ``(k, v) [B, L, Hkv, D]``; ``window_start_fast``: the coda GDN layers' fast weights at the
+    window start (:func:`coda_layer_names`; unused without a re-run coda). Returns
+    ``(fast, prev_kv)``, what crosses the boundary.
     """
-    fast = sleep_passes(params, h_loop, fast, model_cfg, sleep_cfg, prev_kv, prev_valid)
+    h, fast = sleep_passes(params, h_loop, fast, model_cfg, sleep_cfg, prev_kv, prev_valid)
+    fast = {**fast, **coda_pass(params, h, window_start_fast, model_cfg, sleep_cfg, prev_kv,
+                                prev_valid)}
     return evict(fast, kv, model_cfg, sleep_cfg)
 
 
@@ -152,12 +181,14 @@ def sleeping_window(params, carry, window_tokens, model_cfg, sleep_cfg, head=Tru
     ``(carry, logits [B, L, vocab])``, or ``(carry, h [B, L, d])`` (the wake pass's last
     block output, no head computed) when ``head`` is False.
     """
-    fast, prev, prev_valid = carry
-    h_top, h_loop, caches = wake_hidden(params, window_tokens, fast_weight_caches(fast), 0,
-                                        model_cfg, sleep_cfg, prev, prev_valid)
-    fast = fast_weights_of(caches, fast)
+    window_start_fast, prev, prev_valid = carry
+    h_top, h_loop, caches = wake_hidden(params, window_tokens,
+                                        fast_weight_caches(window_start_fast), 0, model_cfg,
+                                        sleep_cfg, prev, prev_valid)
+    fast = fast_weights_of(caches, window_start_fast)
     kv = {name: tuple(caches[name]) for name in attn_layer_names(model_cfg)}
-    fast, prev = sleep(params, h_loop, fast, kv, model_cfg, sleep_cfg, prev, prev_valid)
+    fast, prev = sleep(params, h_loop, fast, kv, model_cfg, sleep_cfg, prev, prev_valid,
+                       window_start_fast)
     out = output_logits(params, h_top, model_cfg) if head else h_top
     return (fast, prev, jnp.asarray(True)), out
 

@@ -105,8 +105,13 @@ def check_configs(model_cfg: ModelConfig, sleep_cfg: SleepConfig):
         raise ValueError(f"model_cfg: must be a ModelConfig, got {type(model_cfg).__name__}")
     if not isinstance(sleep_cfg, SleepConfig):
         raise ValueError(f"sleep_cfg: must be a SleepConfig, got {type(sleep_cfg).__name__}")
+    if "G" not in model_cfg.mixer_pattern:
+        raise ValueError(
+            f"model.layer_pattern: needs at least one 'G' block: only fast weights cross a window "
+            f"boundary, so a model without one cannot remember anything (insert GDN blocks into "
+            f"an attention-only model first) (got {model_cfg.layer_pattern!r})")
     start, end = sleep_cfg.resolved_loop_range(model_cfg.num_layers)
-    if sleep_cfg.passes > 1 and "G" not in model_cfg.layer_pattern[start:end]:
+    if sleep_cfg.passes > 1 and "G" not in model_cfg.mixer_pattern[start:end]:
         raise ValueError(
             f"sleep.loop_range: blocks {start}..{end - 1} ({model_cfg.layer_pattern[start:end]!r}) "
             f"contain no 'G' block, so sleep passes could not change the fast weights "

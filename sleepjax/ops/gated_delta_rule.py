@@ -23,7 +23,7 @@ def gated_delta_rule(q, k, v, g, beta, *, initial_state=None, scale=None, chunk_
     mesh_axes = None
     if impl == "pallas":
         from sleepjax.parallel.activations import activation_mesh_axes   # Pallas path only
-        axes = (activation_mesh_axes("batch", q.shape[0]), activation_mesh_axes("heads", q.shape[2]))
+        axes = (activation_mesh_axes("batch", q.shape[0]), activation_mesh_axes("heads", v.shape[2]))
         mesh_axes = None if axes == (None, None) else axes
     return api.gated_delta_rule(q, k, v, g, beta, initial_state=initial_state, scale=scale,
                                 chunk_size=chunk_size, impl=impl, mesh_axes=mesh_axes)

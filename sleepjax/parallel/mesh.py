@@ -92,15 +92,18 @@ def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None) -> jax.sharding.Me
 def validate_model_for_mesh(model_cfg, mesh) -> None:
     """Raise ValueError if the model cannot be split over ``mesh.model`` without cutting heads.
 
-    Attention heads, GDN heads and the MLP hidden size must be divisible by the model axis.
+    Attention query and key/value heads, GDN key and value heads and the MLP hidden size must
+    be divisible by the model axis.
     """
     model_size = mesh.shape["model"]
     if model_size == 1:
         return
     checks = []
-    if "A" in model_cfg.layer_pattern:
+    if "A" in model_cfg.mixer_pattern:
         checks.append(("model.attn_heads", model_cfg.attn_heads))
+        checks.append(("model.attn_kv_heads", model_cfg.kv_heads))
     checks.append(("model.gdn_heads", model_cfg.gdn_heads))
+    checks.append(("model.gdn_value_heads", model_cfg.gdn_num_value_heads))
     checks.append(("model.mlp_hidden", model_cfg.mlp_hidden_dim))
     for name, value in checks:
         if value % model_size:

@@ -7,6 +7,9 @@
 * :mod:`~sleepjax.training.checkpointing` -- orbax checkpoints with the grain iterator state,
   and ``load_params(workdir)`` (a run's trained parameters and config, e.g. for inference);
 * :mod:`~sleepjax.training.trainer` -- ``train_and_evaluate(cfg, workdir)``;
+* :mod:`~sleepjax.training.initialization` / :mod:`~sleepjax.training.warm_start` -- the
+  ``init`` section: start from a Hugging Face checkpoint or another run, insert GDN blocks;
+  :mod:`~sleepjax.training.param_groups` -- ``optim.trainable`` (freeze the other parameters);
 * :mod:`~sleepjax.training.logging` / :mod:`~sleepjax.training.plots` -- outputs (written by
   the primary process only in a multi-host job).
 

@@ -334,9 +334,13 @@ def _resolve_model_configs(config) -> tuple[ModelConfig, SleepConfig]:
     """The typed model and sleep configs of a saved experiment config.
 
     Validated against a 1-device mesh: the training mesh decides how the parameters were
-    sharded, not what they are, and may not fit the devices of the process loading them.
+    sharded, not what they are, and may not fit the devices of the process loading them;
+    and without its ``init`` section (the model section is explicit in a saved config).
     """
     single_device = ml_collections.ConfigDict(config.to_dict())
     single_device.mesh = {"data": 1, "fsdp": 1, "model": 1}
+    # The trainer saves an init run's config with its architecture written out (see
+    # initialization.explicit_model_section): the source is not needed to read it back.
+    single_device.init = {}
     resolved = validate_config(single_device, num_devices=1)
     return resolved.model, resolved.sleep

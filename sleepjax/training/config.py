@@ -3,13 +3,15 @@
 An experiment is an ``ml_collections.ConfigDict`` with six sections:
 
 * ``task``  -- the data generator's settings (``sleepjax.data.task_config``),
-* ``model`` -- :class:`sleepjax.models.config.ModelConfig` fields, except ``vocab_size``,
-  which is the task tokenizer's,
+* ``model`` -- :class:`sleepjax.models.config.ModelConfig` fields; ``vocab_size`` is the task
+  tokenizer's unless set to a larger value (a checkpoint's padded head),
 * ``sleep`` -- :class:`sleepjax.models.config.SleepConfig` fields (``window`` may be left
   ``None``: the task's natural window is used),
 * ``optim`` -- :class:`OptimConfig` fields,
 * ``train`` -- :class:`TrainConfig` fields,
-* ``mesh``  -- device-mesh settings (:mod:`sleepjax.parallel.mesh`).
+* ``mesh``  -- device-mesh settings (:mod:`sleepjax.parallel.mesh`),
+* ``init``  -- optional: start from pretrained / another run's weights, insert GDN blocks
+  (:mod:`sleepjax.training.initialization`).
 
 :func:`validate_config` checks every section before anything is built or traced and raises
 one ``ValueError`` naming the full key (``sleep.window``, ``task.t``, ...).
@@ -25,9 +27,12 @@ from typing import Any, Mapping
 import ml_collections
 
 from sleepjax.models.config import ModelConfig, SleepConfig
+from sleepjax.models.validation import check_configs
 from sleepjax.parallel.mesh import mesh_config_defaults, validate_mesh_config
+from sleepjax.training.initialization import InitConfig, init_section_defaults, resolve_model
 
 SECTIONS = ("task", "model", "sleep", "optim", "train", "mesh")
+OPTIONAL_SECTIONS = ("init",)   # absent = its defaults (configs saved before it existed)
 
 
 def _is_int(value) -> bool:
@@ -77,9 +82,16 @@ class OptimConfig:
     warmup_fraction: float = 0.0025
     decay_fraction: float = 0.6
     min_lr_ratio: float = 1e-3
+    # Parameter groups that train; empty = all. Regexes over '/'-joined parameter paths
+    # ("blocks_3/gdn/wq"), each matching a whole path or a leading run of whole components:
+    # "blocks_1" selects blocks_1/... (not blocks_10/...), r"blocks_(2|5)/gdn" two GDN mixers.
+    # The rest is frozen: exactly zero updates, no optimiser moments (optimizer.make_optimizer).
+    trainable: tuple[str, ...] = ()
 
     def __post_init__(self):
         p = "optim"
+        from sleepjax.training.param_groups import check_trainable_patterns
+        object.__setattr__(self, "trainable", check_trainable_patterns(self.trainable))
         for name in ("muon_lr", "adam_lr"):
             value = getattr(self, name)
             if not _is_number(value) or not value > 0 or not math.isfinite(value):
@@ -156,6 +168,7 @@ class ResolvedConfig:
     mesh: ml_collections.ConfigDict
     seq_len: int                     # T of every example of the task
     data_parallel_size: int          # devices the batch is split over
+    init: InitConfig = InitConfig()  # where step-0 parameters come from (default: init_params)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -167,9 +180,11 @@ def base_config() -> ml_collections.ConfigDict:
     """
     model_defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)
                       if f.name != "vocab_size"}
+    model_defaults["vocab_size"] = ml_collections.config_dict.placeholder(int)   # None: the task's
     sleep_defaults = {f.name: f.default for f in dataclasses.fields(SleepConfig)}
     sleep_defaults["window"] = ml_collections.config_dict.placeholder(int)
     sleep_defaults["loop_range"] = ml_collections.config_dict.placeholder(tuple)
+    model_defaults["gdn_norm_eps"] = ml_collections.config_dict.placeholder(float)
     cfg = ml_collections.ConfigDict()
     cfg.task = ml_collections.ConfigDict()
     cfg.model = ml_collections.ConfigDict(model_defaults)
@@ -177,6 +192,7 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.optim = ml_collections.ConfigDict(dataclasses.asdict(OptimConfig()))
     cfg.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
     cfg.mesh = mesh_config_defaults()
+    cfg.init = init_section_defaults()
     return cfg
 
 
@@ -204,9 +220,10 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     if not isinstance(cfg, (ml_collections.ConfigDict, Mapping)):
         raise ValueError(f"config: expected an ml_collections.ConfigDict, got {type(cfg).__name__}")
     keys = set(cfg.keys())
-    unknown = sorted(keys - set(SECTIONS))
+    unknown = sorted(keys - set(SECTIONS) - set(OPTIONAL_SECTIONS))
     if unknown:
-        raise ValueError(f"config: unknown section(s) {unknown}; known sections are {list(SECTIONS)}")
+        raise ValueError(f"config: unknown section(s) {unknown}; known sections are "
+                         f"{list(SECTIONS + OPTIONAL_SECTIONS)}")
     missing = [s for s in SECTIONS if s not in keys]
     if missing:
         raise ValueError(f"config: missing section(s) {missing}")
@@ -215,8 +232,9 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     data.validate_task_config(task_cfg)
 
     model_values = _as_dict(cfg["model"])
-    if "vocab_size" in model_values:
-        raise ValueError("model.vocab_size: is set by the task's tokenizer; remove it from the config")
+    # The model's vocabulary is the task tokenizer's unless set larger (a checkpoint's head is
+    # often padded beyond its tokenizer: Qwen3.5's 248320 rows for ~248k tokens).
+    vocab_size = model_values.pop("vocab_size", None)
     _check_keys(ModelConfig, "model", model_values, exclude=("vocab_size",))
     sleep_values = _as_dict(cfg["sleep"])
     _check_keys(SleepConfig, "sleep", sleep_values)
@@ -228,10 +246,19 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     optim = OptimConfig.from_dict(_as_dict(cfg["optim"]))
     train = TrainConfig.from_dict(_as_dict(cfg["train"]))
     sleep = SleepConfig.from_dict(sleep_values)
+    init = InitConfig.from_dict(_as_dict(cfg["init"])) if "init" in keys else InitConfig()
 
     source = data.make_source(task_cfg, "train", train.seed)
-    model = ModelConfig.from_dict({**model_values, "vocab_size": int(source.vocab_size)})
-    sleep.resolved_loop_range(model.num_layers)  # raises naming sleep.loop_range
+    task_vocab = int(source.vocab_size)
+    if vocab_size is not None and (not _is_int(vocab_size) or vocab_size < task_vocab):
+        raise _bad("model.vocab_size", f"must be None (the task's vocabulary) or an int >= the "
+                   f"task's vocabulary {task_vocab}", vocab_size)
+    if init.active:   # the architecture comes from the source (initialization.resolve_model)
+        model = resolve_model(init, model_values, task_vocab, vocab_size)
+    else:
+        model = ModelConfig.from_dict({**model_values, "vocab_size": vocab_size or task_vocab})
+    check_configs(model, sleep)  # names model.layer_pattern (no 'G') or sleep.loop_range
+    _check_trainable(optim, model)
     seq_len = int(source.seq_len)
     if sleep.window > seq_len:
         raise ValueError(f"sleep.window: must be <= the task's sequence length {seq_len} "
@@ -249,7 +276,23 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
         raise ValueError(f"train.eval_batch_size: must be divisible by the data-parallel size {dp} "
                          f"(got {train.eval_batch_size})")
     return ResolvedConfig(task=task_cfg, model=model, sleep=sleep, optim=optim, train=train,
-                          mesh=mesh_cfg, seq_len=seq_len, data_parallel_size=dp)
+                          mesh=mesh_cfg, seq_len=seq_len, data_parallel_size=dp, init=init)
+
+
+def _check_trainable(optim: OptimConfig, model: ModelConfig) -> None:
+    """``optim.trainable``: every pattern must select a parameter of ``model``."""
+    if not optim.trainable:
+        return
+    from sleepjax.models.params import flatten_layout, layout_options, lm_layout
+    from sleepjax.training.param_groups import unmatched_patterns
+
+    paths = [path for path, _ in flatten_layout(
+        lm_layout(model.layer_pattern, model.tie_embeddings, layout_options(model)))]
+    unmatched = unmatched_patterns(paths, optim.trainable)
+    if unmatched:
+        raise ValueError(f"optim.trainable: {unmatched} select(s) no parameter of the model "
+                         f"(layer_pattern {model.layer_pattern!r}; paths look like "
+                         f"'blocks_0/mixer_norm/scale', 'embed/embedding')")
 
 
 # Keys that may differ between a checkpoint's config and the config resuming from it: they
@@ -290,12 +333,33 @@ def unflatten_config(flat) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(nested)
 
 
+def _defaults_like(flat_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every key's default value, flattened: the sections' defaults and the task's own."""
+    from sleepjax import data
+    defaults = flatten_config(base_config())
+    name = flat_cfg.get("task.name")
+    if isinstance(name, str):
+        try:
+            defaults.update(flatten_config({"task": data.task_config(name).to_dict()}))
+        except ValueError:          # an unknown task: validate_config names it elsewhere
+            pass
+    return defaults
+
+
 def config_differences(saved, current) -> list[str]:
-    """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`."""
+    """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`.
+
+    A key the saved config lacks counts as equal when the current value is that key's default:
+    options are added with a default that keeps the old behaviour, so a checkpoint written
+    before an option existed still resumes.
+    """
     a, b = flatten_config(saved), flatten_config(current)
+    defaults = _defaults_like(b)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):
+            continue
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             diffs.append(f"{key}: checkpoint has {a.get(key, '<absent>')!r}, "

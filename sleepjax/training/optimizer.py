@@ -15,6 +15,7 @@ import optax
 from optax import contrib as optax_contrib
 
 from sleepjax.training.config import OptimConfig
+from sleepjax.training.param_groups import FROZEN, TRAINABLE, trainable_labels
 
 MUON = "muon"
 ADAMW = "adamw"
@@ -84,7 +85,14 @@ def warmup_stable_decay(peak: float, total_steps: int, warmup_fraction: float,
 
 
 def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm, then Muon on ``"muon"``-labelled leaves and AdamW on the rest."""
+    """Clip by global norm, then Muon on ``"muon"``-labelled leaves and AdamW on the rest.
+
+    With ``optim.trainable`` (see :class:`~sleepjax.training.config.OptimConfig`) only the
+    selected parameters go through that chain: the others get ``optax.set_to_zero`` (exactly
+    zero updates, no weight decay), hold no Muon / AdamW moments (``optax.multi_transform``
+    hands the inner chain a tree with the frozen leaves masked out) and do not count in the
+    clipping norm.
+    """
     def schedule(peak):
         return warmup_stable_decay(peak, total_steps, optim.warmup_fraction,
                                    optim.decay_fraction, optim.min_lr_ratio)
@@ -101,4 +109,9 @@ def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransf
     if optim.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(optim.clip_norm))
     parts.append(optax.multi_transform({MUON: muon, ADAMW: adamw}, param_labels))
-    return optax.chain(*parts)
+    chain = optax.chain(*parts)
+    patterns = optim.trainable
+    if not patterns:
+        return chain
+    return optax.multi_transform({TRAINABLE: chain, FROZEN: optax.set_to_zero()},
+                                 lambda params: trainable_labels(params, patterns))

@@ -43,13 +43,14 @@ from sleepjax.parallel.mesh import make_mesh, validate_model_for_mesh
 from sleepjax.parallel.multihost import batch_sharding, host_shard_info, make_global_batch
 from sleepjax.parallel.state_shardings import train_state_shardings
 from sleepjax.training import evaluate as evaluation
+from sleepjax.training import initialization, warm_start
 from sleepjax.training.checkpointing import CHECKPOINT_SUBDIR, CheckpointDamagedError, Checkpointer
 from sleepjax.training.config import ResolvedConfig, validate_config
 from sleepjax.training.interrupts import StopRequests, TrainingInterrupted
 from sleepjax.training import logging as run_logging
 from sleepjax.training.logging import RunLogger, read_eval_history
 from sleepjax.training.optimizer import make_optimizer, warmup_stable_decay
-from sleepjax.training.state import init_train_state
+from sleepjax.training.state import TrainState, init_train_state
 from sleepjax.training.train_step import TRAIN_BATCH_KEYS, make_eval_step, make_train_step
 from sleepjax.training.workdir_lock import WorkdirLock
 
@@ -92,6 +93,8 @@ def train_and_evaluate(cfg, workdir: str, *,
     """
     started = time.perf_counter()
     rc: ResolvedConfig = validate_config(cfg)
+    if rc.init.active:   # save (and compare on resume) the architecture the source gave
+        cfg = initialization.explicit_model_section(cfg, rc.model)
     os.makedirs(workdir, exist_ok=True)
     with WorkdirLock(workdir, enabled=run_logging.is_primary_process()), StopRequests() as stop:
         return _train_locked(cfg, rc, workdir, started, stop, step_callback, allow_schedule_change)
@@ -136,7 +139,10 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
         else:
             restored_step, verified, prior_wall_time = None, False, 0.0
             with jax.set_mesh(mesh):
-                state = jax.jit(init_fn, out_shardings=state_shardings)(rng, example_tokens)
+                if rc.init.active:
+                    state = _state_from_source(rc, optimizer, rng, abstract_state, state_shardings)
+                else:
+                    state = jax.jit(init_fn, out_shardings=state_shardings)(rng, example_tokens)
         start_step = int(jax.device_get(state.step))
 
         def run_wall_time() -> float:
@@ -239,6 +245,22 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
             "tokens_seen": step * tokens_per_step, "wall_time_s": time.perf_counter() - started,
             "total_wall_time_s": total_wall_time,
             "difficulty_name": test_source.difficulty_name, "params": state.params}
+
+
+def _state_from_source(rc: ResolvedConfig, optimizer, rng, abstract_state, state_shardings
+                       ) -> TrainState:
+    """Step 0 of a run with an ``init`` source: its parameters (with any inserted blocks, drawn
+    from the key ``init_train_state`` would draw parameters from), a fresh optimiser state."""
+    init_rng, state_rng = jax.random.split(rng)
+    params = warm_start.initial_params(rc.init, rc.model, init_rng)
+    warm_start.check_params_match(params, abstract_state.params, rc.init.source_key)
+    params = jax.device_put(params, state_shardings.params)
+
+    def fresh_state(params, state_rng):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params), rng=state_rng)
+
+    return jax.jit(fresh_state, out_shardings=state_shardings)(params, state_rng)
 
 
 def _restore_latest_intact(checkpointer: Checkpointer, cfg, abstract_state, data_iterator,

@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 
 from support.model import (BATCH, WINDOW, forward, max_rel_err, model_config, params_for,
-                            sleep_config, tokens)
+                            perturbed_norms, sleep_config, tokens)
 from sleepjax import inference
 
 # float32 everywhere; the streaming path differs only in summation order (attention over a
 # masked cache, T=1 recurrent GDN steps vs the window's parallel form).
 REL_TOL = 1e-4
+
+QWEN_OPTIONS = dict(layer_pattern="GGAG", attn_heads=4, attn_kv_heads=2, attn_output_gate=True,
+                    attn_qk_norm=True, rope_fraction=0.5, zero_centered_norms=True,
+                    gdn_value_heads=4, gdn_value_head_dim=12, gdn_norm_eps=1e-5)
 
 CASES = {
     "hard-N1": (model_config(), sleep_config(passes=1)),
@@ -24,6 +28,19 @@ CASES = {
                                                 sleep_sees_previous_window=True)),
     "hard-N2-loop-1:3-untied": (model_config(tie_embeddings=False),
                                 sleep_config(passes=2, loop_range=(1, 3))),
+    "hard-N3-loop-1:2-coda-wake-only": (model_config(),
+                                        sleep_config(passes=3, loop_range=(1, 2), coda="wake_only")),
+    "sliding-N3-loop-0:2-coda-sees-prev": (model_config(),
+                                           sleep_config(passes=3, loop_range=(0, 2), eviction="sliding",
+                                                        sleep_sees_previous_window=True)),
+    # Qwen3.5's options together: GQA, output gate, q/k norm, partial rotary, zero-centred
+    # norms, grouped GDN value heads with their own head dim, a separate GDN norm eps
+    "qwen-options-hard-N2": (model_config(**QWEN_OPTIONS), sleep_config(passes=2)),
+    "qwen-options-sliding-N3": (model_config(**QWEN_OPTIONS, gdn_impl="chunked"),
+                                sleep_config(passes=3, eviction="sliding")),
+    # blocks without an MLP (lowercase), no positional encoding at all
+    "no-positions-no-mlp-sliding-N2": (model_config(position_encoding="none", layer_pattern="AgaG"),
+                                sleep_config(passes=2, eviction="sliding")),
     # the training forward and the sleep passes use the chunked op; wake steps the recurrence
     "sliding-N2-chunked": (model_config(gdn_impl="chunked", layer_pattern="GA"),
                            sleep_config(passes=2, eviction="sliding")),
@@ -33,7 +50,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_streaming_matches_training_forward(case):
     model_cfg, sleep_cfg = CASES[case]
-    params = params_for(model_cfg)
+    params = perturbed_norms(params_for(model_cfg))
     seq = tokens(3 * WINDOW)                                  # T a multiple of L
     state = inference.init_state(model_cfg, sleep_cfg, BATCH)
     stream_logits, _, slept = inference.feed(params, state, seq, model_cfg=model_cfg,

@@ -207,3 +207,32 @@ def test_bad_options_raise_value_error(kwargs, match):
     a = _good()
     with pytest.raises(ValueError, match=match):
         gated_delta_rule(a["q"], a["k"], a["v"], a["g"], a["beta"], **kwargs)
+
+
+@pytest.mark.parametrize("impl", ["recurrent", "chunked", "chunked_reference", "pallas"])
+def test_grouped_value_heads_match_explicitly_repeated_keys(impl):
+    """Hk key heads serving H = 2 Hk value heads (Qwen3.5 layout): key head i serves value
+    heads 2i, 2i+1. Outputs, final state and all six gradients equal the recurrent reference
+    run on explicitly repeated q, k (whose q/k gradients are summed over each group)."""
+    q, k, v, g, beta, h0 = make_inputs(5, 1, 11, 4, 8, 6)
+    q, k = q[:, :, ::2], k[:, :, ::2]                          # 2 key heads for 4 value heads
+    d_o = np.random.default_rng(6).standard_normal(v.shape).astype(np.float32)
+    d_s = np.random.default_rng(7).standard_normal(h0.shape).astype(np.float32)
+
+    def run(fn):
+        (o, s), pullback = jax.vjp(fn, q, k, v, g, beta, h0)
+        return (o, s) + pullback((jnp.asarray(d_o), jnp.asarray(d_s)))
+
+    grouped = run(lambda *a: gated_delta_rule(*a[:5], initial_state=a[5], impl=impl, chunk_size=4))
+    repeat = lambda a: jnp.repeat(a, 2, axis=2)                 # noqa: E731
+    expected = run(lambda q, k, *rest: gated_delta_rule(repeat(q), repeat(k), *rest[:3],
+                                                        initial_state=rest[3], impl="recurrent"))
+    for name, got, want in zip(("o", "state") + ARG_NAMES, grouped, expected):
+        assert got.shape == want.shape, name
+        assert rel_rms(got, want) < 1e-5, (name, rel_rms(got, want))
+
+
+def test_grouped_value_heads_must_be_a_multiple_of_key_heads():
+    q, k, v, g, beta, h0 = make_inputs(5, 1, 6, 3, 8, 6)
+    with pytest.raises(ValueError, match="`v`.*multiple"):
+        gated_delta_rule(q[:, :, :2], k[:, :, :2], v, g, beta, initial_state=h0)

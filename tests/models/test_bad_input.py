@@ -52,10 +52,17 @@ def test_passes_must_be_at_least_one(passes):
         SleepConfig(passes=passes)
 
 
-@pytest.mark.parametrize("pattern", ["AXG", "agag", "", "AAAA", "A G"])
+@pytest.mark.parametrize("pattern", ["AXG", "", "A G", "gX"])
 def test_layer_pattern(pattern):
     with pytest.raises(ValueError, match=r"model\.layer_pattern"):
         ModelConfig(vocab_size=VOCAB, layer_pattern=pattern)
+
+
+@pytest.mark.parametrize("pattern", ["AAAA", "aaA"])
+def test_attention_only_models_load_but_cannot_sleep(pattern):
+    model_cfg = ModelConfig(vocab_size=VOCAB, layer_pattern=pattern)      # e.g. a Llama checkpoint
+    with pytest.raises(ValueError, match=r"model\.layer_pattern: needs at least one 'G' block"):
+        inference.init_state(model_cfg, sleep_config(), BATCH)
 
 
 def test_loop_range_is_checked_against_the_pattern():
@@ -76,6 +83,25 @@ def test_other_config_fields():
         SleepConfig(eviction="soft")
     with pytest.raises(ValueError, match=r"model\.dtype"):
         ModelConfig(vocab_size=VOCAB, dtype="float16")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("attn_kv_heads", 3, "must divide attn_heads=4"),
+    ("attn_kv_heads", -1, "int >= 0"),
+    ("gdn_value_heads", 6, "multiple of gdn_heads=4"),
+    ("gdn_value_head_dim", 1.5, "int >= 0"),
+    ("rope_fraction", 0.0, r"in \(0, 1\]"),
+    ("rope_fraction", 0.03, "even number >= 2"),      # int(64 * 0.03) = 1 rotated feature
+    ("position_encoding", "alibi", "one of"),
+    ("attn_output_gate", 1, "bool"),
+    ("zero_centered_norms", "yes", "bool"),
+    ("gdn_norm_eps", 0.0, "positive"),
+])
+def test_architecture_option_fields(field, value, match):
+    with pytest.raises(ValueError, match=rf"model\.{field}: .*{match}"):
+        ModelConfig(vocab_size=VOCAB, **{field: value})
+    with pytest.raises(ValueError, match=r"model\.gdn_value_head_dim: set either"):
+        ModelConfig(vocab_size=VOCAB, gdn_expand_v=2, gdn_value_head_dim=32)
 
 
 def test_streaming_inputs():

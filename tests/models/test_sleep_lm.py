@@ -21,7 +21,7 @@ from sleepjax.models.sleep_lm import sleep_passes
 def _block(params, i, h, fast, cfg):
     p = params[block_name(i)]
     x = layers.rms_norm(h, p["mixer_norm"]["scale"], cfg.norm_eps)
-    if cfg.layer_pattern[i] == "A":
+    if cfg.mixer_pattern[i] == "A":
         out, _ = attention(p["attn"], x, None, 0, cfg)
     else:
         out, cache = gated_deltanet(p["gdn"], x, GDNCache(fast[block_name(i)]), 0, cfg)
@@ -31,14 +31,17 @@ def _block(params, i, h, fast, cfg):
 
 
 def reference_forward(params, seq, model_cfg, sleep_cfg):
-    """Algorithm 1 with hard eviction, written as plain Python loops (no scan, no remat)."""
+    """Algorithm 1 with hard eviction, written as plain Python loops (no scan, no remat):
+    prelude once, loop N times, then (``coda="after_loop"``) the coda once more from its
+    window-start fast weights."""
     cfg, L = model_cfg, sleep_cfg.window
     start, end = sleep_cfg.resolved_loop_range(cfg.num_layers)
     shape = (seq.shape[0], cfg.gdn_heads, cfg.gdn_head_dim, cfg.gdn_value_dim)
     fast = {block_name(i): jnp.zeros(shape, jnp.float32)
-            for i, kind in enumerate(cfg.layer_pattern) if kind == "G"}
+            for i, kind in enumerate(cfg.mixer_pattern) if kind == "G"}
     outputs = []
     for j in range(0, seq.shape[1], L):
+        window_start = dict(fast)
         h = params["embed"]["embedding"][seq[:, j:j + L]]
         for i in range(cfg.num_layers):
             h = _block(params, i, h, fast, cfg)
@@ -52,21 +55,41 @@ def reference_forward(params, seq, model_cfg, sleep_cfg):
             for _ in range(sleep_cfg.passes - 1):
                 for i in range(start, end):
                     h = _block(params, i, h, fast, cfg)
+            if sleep_cfg.passes > 1 and sleep_cfg.coda == "after_loop":
+                for i in range(end, cfg.num_layers):
+                    name = block_name(i)
+                    if name in fast:
+                        fast[name] = window_start[name]
+                    h = _block(params, i, h, fast, cfg)
     return jnp.concatenate(outputs, axis=1)
 
 
 reference = jax.jit(reference_forward, static_argnames=("model_cfg", "sleep_cfg"))
 
 
-@pytest.mark.parametrize("passes,loop_range", [(1, None), (3, None), (2, (1, 3))])
-def test_forward_matches_plain_loop_reference(passes, loop_range):
+@pytest.mark.parametrize("passes,loop_range,coda", [(1, None, "after_loop"), (3, None, "after_loop"),
+                                                    (2, (1, 3), "after_loop"), (3, (1, 2), "after_loop"),
+                                                    (3, (1, 2), "wake_only")])
+def test_forward_matches_plain_loop_reference(passes, loop_range, coda):
     model_cfg = model_config(tie_embeddings=loop_range is None)
-    sleep_cfg = sleep_config(passes=passes, loop_range=loop_range)
+    sleep_cfg = sleep_config(passes=passes, loop_range=loop_range, coda=coda)
     params = params_for(model_cfg)
     seq = jnp.asarray(tokens(3 * WINDOW))
     got = forward(params, seq, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
     assert got.shape == (BATCH, 3 * WINDOW, VOCAB) and got.dtype == jnp.float32
     assert max_rel_err(got, reference(params, seq, model_cfg=model_cfg, sleep_cfg=sleep_cfg)) < 1e-5
+
+
+def test_the_coda_rerun_changes_what_the_coda_remembers():
+    """loop (1, 2) of "AGAG": the coda (blocks 2, 3) holds a GDN layer; re-running it on the
+    refined features changes later windows, and "wake_only" differs from "after_loop"."""
+    model_cfg = model_config()
+    params = params_for(model_cfg)
+    seq = jnp.asarray(tokens(3 * WINDOW))
+    after, wake_only = (np.asarray(forward(params, seq, model_cfg=model_cfg, sleep_cfg=sleep_config(
+        passes=3, loop_range=(1, 2), coda=coda))) for coda in ("after_loop", "wake_only"))
+    np.testing.assert_array_equal(after[:, :WINDOW], wake_only[:, :WINDOW])
+    assert np.abs(after[:, WINDOW:] - wake_only[:, WINDOW:]).max() > 1e-4
 
 
 def test_sleep_changes_later_windows_only():
@@ -143,7 +166,7 @@ def test_gradients_flow_through_every_sleep_pass():
     @jax.jit
     def grads(h_loop):
         def consolidated(h, passes):
-            out = sleep_passes(params, h, fast, model_cfg, sleep_config(passes=passes))
+            _, out = sleep_passes(params, h, fast, model_cfg, sleep_config(passes=passes))
             return jnp.sum(out["blocks_1"] ** 2)
         return jax.grad(consolidated)(h_loop, 2), jax.grad(consolidated)(h_loop, 3)
 

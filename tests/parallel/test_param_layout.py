@@ -12,7 +12,8 @@ import pytest
 import sleepjax.models
 from sleepjax.models.baseline import FullAttentionLM
 from sleepjax.models.config import ModelConfig, SleepConfig
-from sleepjax.models.params import (PARAM_RULES, PARAM_TEMPLATES, Param, flatten_layout, lm_layout)
+from sleepjax.models.params import (PARAM_RULES, PARAM_TEMPLATES, Param, flatten_layout, layout_options,
+                                    lm_layout)
 from sleepjax.models.sleep_lm import SleepLM
 from sleepjax.parallel.logical_axes import LOGICAL_AXIS_RULES, logical_axes_for, path_to_str
 
@@ -22,6 +23,11 @@ CONFIGS = {
     "gdn first, untied, V = 2K": ModelConfig(vocab_size=12, d_model=16, layer_pattern="GGA",
                                              attn_heads=2, attn_head_dim=8, gdn_heads=2,
                                              gdn_head_dim=4, gdn_expand_v=2, tie_embeddings=False),
+    "qwen3.5 options, a block without MLP": ModelConfig(vocab_size=12, d_model=16, layer_pattern="GgA", attn_heads=4,
+                                   attn_kv_heads=2, attn_head_dim=8, attn_output_gate=True,
+                                   attn_qk_norm=True, rope_fraction=0.5, zero_centered_norms=True,
+                                   gdn_heads=2, gdn_head_dim=4, gdn_value_heads=4,
+                                   gdn_value_head_dim=6),
 }
 
 
@@ -41,7 +47,7 @@ def test_every_parameter_is_declared_with_axes_the_rules_agree_with(name, baseli
     cfg = CONFIGS[name]
     leaves = _leaves(_abstract_params(cfg, baseline))
     pattern = "A" * cfg.num_layers if baseline else cfg.layer_pattern
-    declared = dict(flatten_layout(lm_layout(pattern, cfg.tie_embeddings)))
+    declared = dict(flatten_layout(lm_layout(pattern, cfg.tie_embeddings, layout_options(cfg))))
     # No parameter is created outside the layout tables, and none declared is missing.
     assert set(leaves) == set(declared)
     optimizer_state = _leaves(jax.eval_shape(optax.adamw(1e-3).init, _abstract_params(cfg, baseline)))

@@ -45,3 +45,16 @@ forward = jax.jit(forward_sequence, static_argnames=("model_cfg", "sleep_cfg"))
 def max_rel_err(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def perturbed_norms(params, scale=0.2, seed=0):
+    """``params`` with every norm scale moved off its initial value (1, or 0 when zero-centred),
+    so that a forward which ignored a norm or its (1 + w) convention would show."""
+    flat = jax.tree_util.tree_flatten_with_path(params)
+    leaves = []
+    for i, (path, leaf) in enumerate(flat[0]):
+        if "norm" in jax.tree_util.keystr(path):
+            noise = jax.random.normal(jax.random.PRNGKey(seed + i), leaf.shape, leaf.dtype)
+            leaf = leaf + scale * noise
+        leaves.append(leaf)
+    return jax.tree_util.tree_unflatten(flat[1], leaves)

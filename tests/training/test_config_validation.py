@@ -7,7 +7,7 @@ import re
 import pytest
 
 from sleepjax import data
-from sleepjax.training.config import apply_overrides, config_differences, validate_config
+from sleepjax.training.config import apply_overrides, config_differences, flatten_config, validate_config
 
 from support.training import RULE110, tiny_config
 from sleepjax.training.config import load_config
@@ -114,11 +114,13 @@ def test_batch_not_divisible_by_data_parallel_size():
     validate_config(tiny_config(train__batch_size=8, mesh__data=2), num_devices=2)
 
 
-def test_model_vocab_size_is_the_tasks():
+def test_model_vocab_size_is_the_tasks_or_larger():
     cfg = tiny_config()
-    cfg.model.unlock()
-    cfg.model.vocab_size = 5
-    assert "model.vocab_size" in _error(cfg)
+    assert validate_config(cfg).model.vocab_size == 3            # the task tokenizer's
+    cfg.model.vocab_size = 8                                      # a padded head
+    assert validate_config(cfg).model.vocab_size == 8
+    cfg.model.vocab_size = 2
+    assert "model.vocab_size: must be None (the task's vocabulary) or an int >= the task's" in _error(cfg)
 
 
 def test_config_differences_ignore_resumable_keys():
@@ -126,3 +128,14 @@ def test_config_differences_ignore_resumable_keys():
     b = tiny_config(train__steps=60, train__eval_every=5, model__d_model=48, sleep__passes=2)
     diffs = config_differences(a, b)
     assert [d.split(":")[0] for d in diffs] == ["model.d_model", "sleep.passes"]
+
+
+def test_a_key_added_since_the_checkpoint_resumes_only_at_its_default():
+    """A checkpoint written before an option existed lacks its key: equal at the default
+    (which keeps the old behaviour), a difference otherwise."""
+    saved = flatten_config(tiny_config())
+    del saved["sleep.coda"], saved["model.attn_kv_heads"]
+    assert config_differences(saved, tiny_config()) == []
+    diffs = config_differences(saved, tiny_config(sleep__coda="wake_only"))
+    assert [d.split(":")[0] for d in diffs] == ["sleep.coda"]
+    assert "checkpoint has '<absent>'" in diffs[0]

@@ -20,7 +20,10 @@ from sleepjax.training.config import load_config_module, validate_config
 
 from support.training import REPO
 
-EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, "experiments", "*.py")))
+# Recipes that need local files (a checkpoint, published rows: their REQUIRED_PATHS) are
+# validated on sources made for them by their own test (tests/training/test_gsm_retrofit.py).
+EXPERIMENTS = sorted(path for path in glob.glob(os.path.join(REPO, "experiments", "*.py"))
+                     if not hasattr(load_config_module(path), "REQUIRED_PATHS"))
 CASES = [(path, variant) for path in EXPERIMENTS
          for variant in load_config_module(path).VARIANTS]
 

@@ -1,0 +1,20 @@
+"""The tokenizer of a local Hugging Face checkpoint directory, via the ``tokenizers`` package."""
+
+from __future__ import annotations
+
+import os
+
+import tokenizers
+
+
+def load_tokenizer(path: str) -> tokenizers.Tokenizer:
+    """``tokenizers.Tokenizer`` from ``path/tokenizer.json`` (what Qwen checkpoints ship).
+
+    Only the fast-tokenizer file is read: the chat template and special-token settings in
+    ``tokenizer_config.json`` are the caller's business (``transformers`` is not needed).
+    """
+    file = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path}: no tokenizer.json (the checkpoint directory must hold "
+                                "the fast-tokenizer file)")
+    return tokenizers.Tokenizer.from_file(file)
