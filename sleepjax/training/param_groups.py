@@ -52,3 +52,10 @@ def trainable_labels(params, patterns: Sequence[str]) -> Any:
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: TRAINABLE if is_trainable(_path_str(path), patterns) else FROZEN,
         params)
+
+
+def freeze_untrainable(params, patterns: Sequence[str]):
+    """``params`` with every parameter ``patterns`` does not select behind ``stop_gradient``."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf if is_trainable(_path_str(path), patterns)
+        else jax.lax.stop_gradient(leaf), params)

@@ -9,7 +9,7 @@ rounding), so ``full_logits=True`` (the former path) remains only for comparison
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ from sleepjax.models.blocks import output_logits
 from sleepjax.models.losses import gathered_token_losses
 from sleepjax.models.sleep_lm import SleepLM
 from sleepjax.parallel.data_parallel import batch_psum, data_parallel
+from sleepjax.training.param_groups import freeze_untrainable
 from sleepjax.training.state import TrainState
 
 TRAIN_BATCH_KEYS = ("inputs", "targets", "loss_mask")
@@ -75,7 +76,7 @@ def token_losses(model, params, batch, *, full_logits: bool = False,
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, *, full_logits: bool = False,
-                    chunk_positions: int | None = None
+                    chunk_positions: int | None = None, trainable: Sequence[str] = ()
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Build ``train_step(state, batch)`` for ``model`` (a flax Module) and ``optimizer``.
 
@@ -87,9 +88,15 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *, full_logi
     unchanged and ``metrics["finite"]`` is False: the host loop stops the run and the bad
     update is never applied (nor saved). Under a mesh with a ``data`` axis the loss and
     gradients are computed per data shard and summed once (``data_parallel``).
+
+    ``trainable``: ``optim.trainable``'s patterns; the other parameters are constants of the
+    loss (``stop_gradient``), so their weight gradients are never computed (their update is
+    zero anyway: the optimizer freezes them) and the gradient norm is the trainable ones'.
     """
 
     def loss_fn(params, batch):
+        if trainable:
+            params = freeze_untrainable(params, trainable)
         ce, correct = token_losses(model, params, batch, full_logits=full_logits,
                                    chunk_positions=chunk_positions)
         return _reduce_answer_loss(ce, correct, batch["loss_mask"])

@@ -109,7 +109,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
 
     model = SleepLM(rc.model, rc.sleep)
     optimizer = make_optimizer(rc.optim, train_cfg.steps)
-    train_step = make_train_step(model, optimizer)
+    train_step = make_train_step(model, optimizer, trainable=rc.optim.trainable)
 
     shard_index, shard_count = host_shard_info(mesh)
     train_source = data.make_source(rc.task, "train", train_cfg.seed)

@@ -201,3 +201,41 @@ def test_attention_only_source_takes_the_runs_gdn_shape(tmp_path, monkeypatch):
     assert start["blocks_4"] is params["blocks_2"]
     with pytest.raises(ValueError, match="^model.layer_pattern"):   # nothing to remember with
         validate_config(tiny_config(init__checkpoint_dir=path, model__layer_pattern="AGAG"))
+
+
+def test_frozen_params_are_constants_of_the_loss():
+    """With ``trainable`` the train step differentiates the trainable parameters only: the
+    frozen ones' weight gradients are not computed, and the gradient norm is the trainable
+    parameters' part of the full gradient."""
+    import optax
+
+    from sleepjax.models import SleepLM
+    from sleepjax.training.param_groups import freeze_untrainable, is_trainable
+    from sleepjax.training.state import TrainState
+    from sleepjax.training.train_step import make_train_step, token_losses, _reduce_answer_loss
+
+    cfg = tiny_config()
+    rc = validate_config(cfg)
+    model = SleepLM(rc.model, rc.sleep)
+    params = _initial_params(cfg)
+    patterns = ("blocks_1/gdn",)
+    rng = np.random.RandomState(0)
+    batch = {"inputs": jnp.asarray(rng.randint(0, 3, (2, rc.seq_len)), jnp.int32),
+             "targets": jnp.asarray(rng.randint(0, 3, (2, rc.seq_len)), jnp.int32),
+             "loss_mask": jnp.ones((2, rc.seq_len), jnp.float32)}
+
+    def loss(p):
+        return _reduce_answer_loss(*token_losses(model, p, batch), batch["loss_mask"])[0]
+
+    full = _flat(jax.grad(loss)(params))
+    expected_norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for path, g in full.items()
+                                if is_trainable(path, patterns)))
+    frozen_grads = _flat(jax.grad(lambda p: loss(freeze_untrainable(p, patterns)))(params))
+    for path, g in frozen_grads.items():
+        assert np.any(g) == is_trainable(path, patterns), path
+    opt = make_optimizer(OptimConfig(trainable=patterns), 10)
+    state = TrainState(step=jnp.asarray(0), params=params, opt_state=opt.init(params),
+                       rng=jax.random.PRNGKey(0))
+    _, metrics = jax.jit(make_train_step(model, opt, trainable=patterns))(state, batch)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), expected_norm, rtol=1e-5)
+    assert float(metrics["grad_norm"]) < 0.99 * np.sqrt(sum(np.sum(g ** 2) for g in full.values()))
