@@ -45,7 +45,7 @@ import numpy as np
 
 from sleepjax.data import fields as F
 from sleepjax.data import gsm_infinite_rows as rows_io
-from sleepjax.data.source import Example, _check_split_and_seed, example_to_record, split_of
+from sleepjax.data.source import Example, example_to_record, split_of, validated_task_config
 from sleepjax.data.text_tokenizers import FittedWordTokenizer, PretrainedTokenizer, tokenizer_file
 
 logger = logging.getLogger(__name__)
@@ -174,12 +174,7 @@ class GsmInfiniteSource:
     difficulty_name = "ops"
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
-        _check_split_and_seed(split, seed)
-        values = dict(task_cfg.items())
-        if values.get("name") != self.task_name:
-            raise ValueError(f"task.name: {type(self).__name__} reads {self.task_name!r} records "
-                             f"(got {values.get('name')!r})")
-        cfg = F.validate_fields(self.task_name, self.fields, self.check_config, values)
+        cfg = validated_task_config(self, task_cfg, split, seed)
         if not cfg[TRAIN_KEY]:
             raise ValueError(f"task.{TRAIN_KEY}: names no file; {type(self).__name__} reads "
                              f"published rows (leave it empty to use the generator)")

@@ -96,6 +96,17 @@ def _check_split_and_seed(split: Any, seed: Any) -> None:
         raise ValueError(f"seed: must be an int >= 0 (got {seed!r})")
 
 
+def validated_task_config(source, task_cfg: Mapping[str, Any], split: Any, seed: Any) -> dict:
+    """``task_cfg`` checked for ``source``'s task (its fields and cross-field check), with
+    ``split`` and ``seed``; raises ValueError naming the key."""
+    _check_split_and_seed(split, seed)
+    values = dict(task_cfg.items())
+    if values.get("name") != source.task_name:
+        raise ValueError(f"task.name: {type(source).__name__} makes {source.task_name!r} "
+                         f"records (got {values.get('name')!r})")
+    return F.validate_fields(source.task_name, source.fields, source.check_config, values)
+
+
 class ProceduralSource(abc.ABC):
     """Base class of the task sources: a grain ``RandomAccessDataSource`` of generated records.
 
@@ -117,12 +128,7 @@ class ProceduralSource(abc.ABC):
     eval_difficulties: tuple[int, ...]
 
     def __init__(self, task_cfg: Mapping[str, Any], split: str, seed: int):
-        _check_split_and_seed(split, seed)
-        values = dict(task_cfg.items())
-        if values.get("name") != self.task_name:
-            raise ValueError(f"task.name: {type(self).__name__} generates {self.task_name!r} "
-                             f"records (got {values.get('name')!r})")
-        self.task_cfg = F.validate_fields(self.task_name, self.fields, self.check_config, values)
+        self.task_cfg = validated_task_config(self, task_cfg, split, seed)
         self.split = split
         self.seed = int(seed)
         self._split_id = SPLITS.index(split)

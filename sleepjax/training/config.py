@@ -29,7 +29,8 @@ import ml_collections
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.models.validation import check_configs
 from sleepjax.parallel.mesh import mesh_config_defaults, validate_mesh_config
-from sleepjax.training.initialization import InitConfig, init_section_defaults, resolve_model
+from sleepjax.training.initialization import (InitConfig, init_section_defaults, resolve_model,
+                                              unflatten_config)
 
 SECTIONS = ("task", "model", "sleep", "optim", "train", "mesh")
 OPTIONAL_SECTIONS = ("init",)   # absent = its defaults (configs saved before it existed)
@@ -319,18 +320,6 @@ def flatten_config(cfg) -> dict[str, Any]:
 
     visit("", cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg)
     return flat
-
-
-def unflatten_config(flat) -> ml_collections.ConfigDict:
-    """The nested experiment ConfigDict of a ``{"section.key": value}`` dict (see flatten_config)."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return ml_collections.ConfigDict(nested)
 
 
 def _defaults_like(flat_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def _run_model_config(workdir: str, step: int | None) -> ModelConfig:
         manager.close()
     # A saved config has its architecture written out (explicit_model_section); the vocabulary
     # is its task's.
-    task = _unflatten({k[len("task."):]: v for k, v in saved.items() if k.startswith("task.")})
+    task = unflatten_config({k[len("task."):]: v for k, v in saved.items() if k.startswith("task.")})
     values = {k[len("model."):]: v for k, v in saved.items() if k.startswith("model.")}
     try:
         vocab = values.pop("vocab_size", None) or int(
@@ -187,7 +187,9 @@ def _run_model_config(workdir: str, step: int | None) -> ModelConfig:
                          f"model ({error})") from None
 
 
-def _unflatten(flat: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def unflatten_config(flat: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The nested ConfigDict of a ``{"section.key": value}`` dict (``config.flatten_config``'s
+    inverse; here rather than in ``config``, which imports this module)."""
     nested: dict[str, Any] = {}
     for key, value in flat.items():
         *parents, leaf = key.split(".")

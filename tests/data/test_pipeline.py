@@ -147,7 +147,7 @@ def test_make_source_rejects_bad_split_and_seed():
         data.make_source(cfg, "validation", 0)
     with pytest.raises(ValueError, match="seed"):
         data.make_source(cfg, "train", -3)
-    with pytest.raises(ValueError, match=r"task\.name: DepoSource generates 'depo'"):
+    with pytest.raises(ValueError, match=r"task\.name: DepoSource makes 'depo'"):
         data.depo.DepoSource(cfg, "train", 0)
 
 

@@ -8,7 +8,6 @@ cache). Relative error = max |diff| / max |ref|; the measured values are printed
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 
 import numpy as np
@@ -19,7 +18,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCa
 
 from sleepjax.models import SleepConfig
 from sleepjax.pretrained import hf_config_from_model, load_pretrained, model_config_from_hf, save_pretrained
-from tiny_qwen import REL_TOL, VOCAB, perturb, reference_logits, rel_err, sleepjax_logits, tokens
+from tiny_qwen import REL_TOL, VOCAB, checkpoint_builder, perturb, reference_logits, rel_err, sleepjax_logits, tokens
 
 CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
            "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
@@ -59,15 +58,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def llama_checkpoint(tmp_path_factory):
     """``llama_checkpoint(case) -> (directory, transformers model)``, each saved once."""
-
-    @functools.lru_cache(maxsize=None)
-    def build(case):
-        model = CASES[case]()
-        directory = tmp_path_factory.mktemp(case)
-        model.save_pretrained(directory)
-        return str(directory), model
-
-    return build
+    return checkpoint_builder(tmp_path_factory, CASES)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

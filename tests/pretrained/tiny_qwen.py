@@ -111,3 +111,17 @@ def _forward(params, ids, model_cfg, sleep_cfg):
 def sleepjax_logits(params, model_cfg, ids) -> np.ndarray:
     """sleepjax's parallel forward over one window (passes=1, window >= T)."""
     return np.asarray(_forward(params, ids, model_cfg, SLEEP))
+
+
+def checkpoint_builder(tmp_path_factory, cases):
+    """``build(case) -> (directory, transformers model)`` for ``cases[case]()`` models, each
+    saved once (in a directory of its own)."""
+
+    @functools.lru_cache(maxsize=None)
+    def build(case):
+        model = cases[case]()
+        directory = tmp_path_factory.mktemp(case)
+        model.save_pretrained(directory)
+        return str(directory), model
+
+    return build
