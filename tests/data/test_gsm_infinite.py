@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -168,7 +169,7 @@ def test_bad_paths_name_the_key(files, tmp_path):
 
 
 def test_parquet_rows_give_the_same_records(files, tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa              # a test dependency (setup.cfg [test])
     import pyarrow.parquet as pq
     rows_path, tokenizer_path = files
     columns = {k: [r[k] for r in ROWS] for k in ("id", "problem", "question", "solution", "op")}
@@ -180,12 +181,10 @@ def test_parquet_rows_give_the_same_records(files, tmp_path):
         np.testing.assert_array_equal(a[i]["inputs"], b[i]["inputs"])
 
 
-def test_parquet_without_pyarrow_says_how_to_install(tmp_path):
-    try:
-        import pyarrow  # noqa: F401
-        pytest.skip("pyarrow is installed")
-    except ImportError:
-        pass
+def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
+    # None in sys.modules makes `import pyarrow...` raise ImportError, installed or not
+    for name in ("pyarrow", "pyarrow.parquet"):
+        monkeypatch.setitem(sys.modules, name, None)
     (tmp_path / "ops.parquet").write_bytes(b"PAR1")
     with pytest.raises(ValueError, match=r"task\.gsm_infinite_files: .*pip install pyarrow"):
         data.make_source(config(str(tmp_path / "ops.parquet")), "train", 0)
