@@ -88,8 +88,9 @@ def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: must be a positive int, got {batch_size!r}")
     window = sleep_cfg.window
+    fast = zero_fast_weights(model_cfg, batch_size)
     return _issue(model_cfg, sleep_cfg, 0, StreamState(
-        fast_weights=zero_fast_weights(model_cfg, batch_size),
+        fast_weights=fast,
         conv_cache={name: zero_conv_history(model_cfg, batch_size)
                     for name in gdn_layer_names(model_cfg)},
         kv_cache={name: tuple(zero_kv_cache(model_cfg, batch_size, window))
@@ -98,8 +99,8 @@ def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
         has_prev=jnp.asarray(False),
         loop_input=jnp.zeros((batch_size, window, model_cfg.d_model), compute_dtype(model_cfg)),
         position=jnp.asarray(0, jnp.int32),
-        window_start_fast={name: zeros for name, zeros in zero_fast_weights(model_cfg, batch_size).items()
-                           if name in sleep_lm.coda_layer_names(model_cfg, sleep_cfg)},
+        window_start_fast={name: fast[name]
+                           for name in sleep_lm.coda_layer_names(model_cfg, sleep_cfg)},
     ))
 
 

@@ -63,6 +63,21 @@ def tree_layout(abstract_tree):
 
 
 
+def tree_differences(tree, reference, *, dtypes: bool = True) -> list[str]:
+    """Every way ``tree``'s leaves differ from ``reference``'s (arrays or ShapeDtypeStructs):
+    missing and unexpected paths, then leaves of another shape (and dtype, if ``dtypes``)."""
+    def flat(t):
+        return {jax.tree_util.keystr(p): (_shape_and_dtype(x) if dtypes else tuple(np.shape(x)))
+                for p, x in jax.tree_util.tree_leaves_with_path(t)}
+
+    got, want = flat(tree), flat(reference)
+    problems = [f"{k} missing" for k in sorted(want.keys() - got.keys())]
+    problems += [f"{k} unexpected" for k in sorted(got.keys() - want.keys())]
+    problems += [f"{k} is {got[k]}, needs {want[k]}"
+                 for k in sorted(want.keys() & got.keys()) if got[k] != want[k]]
+    return problems
+
+
 def _shape_and_dtype(leaf):
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
         return tuple(leaf.shape), leaf.dtype

@@ -26,6 +26,7 @@ import ml_dtypes
 import numpy as np
 
 from sleepjax.models import ModelConfig, init_params
+from sleepjax.models.validation import tree_differences
 from sleepjax.pretrained import llama_config, llama_weights, qwen3_5_config, qwen3_5_weights
 from sleepjax.pretrained.safetensors_io import CheckpointReader, write_checkpoint
 
@@ -161,14 +162,7 @@ def _check_tensors(reader: CheckpointReader, expected: dict, tied_head: bool,
 def _check_tree(params: dict, cfg: ModelConfig) -> None:
     """The converted tree must be exactly ``init_params``' tree (guards the name mapping)."""
     reference = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
-    want = {jax.tree_util.keystr(k): tuple(v.shape)
-            for k, v in jax.tree_util.tree_leaves_with_path(reference)}
-    got = {jax.tree_util.keystr(k): tuple(np.shape(v))
-           for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    problems = [f"{k} missing" for k in want.keys() - got.keys()]
-    problems += [f"{k} unexpected" for k in got.keys() - want.keys()]
-    problems += [f"{k} has shape {got[k]}, init_params has {want[k]}"
-                 for k in want.keys() & got.keys() if got[k] != want[k]]
+    problems = tree_differences(params, reference, dtypes=False)   # any dtype may be loaded
     if problems:
         raise ValueError(f"pretrained: the converted parameters differ from init_params' tree: "
                          f"{_listing(problems)}")

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import jax
 
+from sleepjax.parallel.logical_axes import path_to_str
+
 TRAINABLE = "trainable"
 FROZEN = "frozen"
 
@@ -42,20 +44,14 @@ def unmatched_patterns(paths: Sequence[str], patterns: Sequence[str]) -> list[st
     return [p for p in patterns if not any(is_trainable(path, (p,)) for path in paths)]
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in path)
-
-
 def trainable_labels(params, patterns: Sequence[str]) -> Any:
     """A pytree like ``params`` with ``"trainable"`` / ``"frozen"`` leaves."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: TRAINABLE if is_trainable(_path_str(path), patterns) else FROZEN,
+        lambda path, leaf: TRAINABLE if is_trainable(path_to_str(path), patterns) else FROZEN,
         params)
 
 
 def freeze_untrainable(params, patterns: Sequence[str]):
     """``params`` with every parameter ``patterns`` does not select behind ``stop_gradient``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: leaf if is_trainable(_path_str(path), patterns)
-        else jax.lax.stop_gradient(leaf), params)
+    return jax.tree.map(lambda label, leaf: leaf if label == TRAINABLE else jax.lax.stop_gradient(leaf),
+                        trainable_labels(params, patterns), params)

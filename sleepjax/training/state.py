@@ -28,6 +28,12 @@ def init_train_state(model, optimizer: optax.GradientTransformation, rng: jax.Ar
                      example_tokens: jax.Array) -> TrainState:
     """Initialise parameters from ``rng`` and the optimiser state; pure (jit it with out_shardings)."""
     init_rng, state_rng = jax.random.split(rng)
-    params = model.init(init_rng, example_tokens)["params"]
+    return train_state_from_params(model.init(init_rng, example_tokens)["params"], optimizer,
+                                   state_rng)
+
+
+def train_state_from_params(params, optimizer: optax.GradientTransformation,
+                            state_rng: jax.Array) -> TrainState:
+    """Step 0 with ``params`` and a fresh optimiser state; pure."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params), rng=state_rng)

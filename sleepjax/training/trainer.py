@@ -50,7 +50,7 @@ from sleepjax.training.interrupts import StopRequests, TrainingInterrupted
 from sleepjax.training import logging as run_logging
 from sleepjax.training.logging import RunLogger, read_eval_history
 from sleepjax.training.optimizer import make_optimizer, warmup_stable_decay
-from sleepjax.training.state import TrainState, init_train_state
+from sleepjax.training.state import TrainState, init_train_state, train_state_from_params
 from sleepjax.training.train_step import TRAIN_BATCH_KEYS, make_eval_step, make_train_step
 from sleepjax.training.workdir_lock import WorkdirLock
 
@@ -255,12 +255,8 @@ def _state_from_source(rc: ResolvedConfig, optimizer, rng, abstract_state, state
     params = warm_start.initial_params(rc.init, rc.model, init_rng)
     warm_start.check_params_match(params, abstract_state.params, rc.init.source_key)
     params = jax.device_put(params, state_shardings.params)
-
-    def fresh_state(params, state_rng):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params), rng=state_rng)
-
-    return jax.jit(fresh_state, out_shardings=state_shardings)(params, state_rng)
+    return jax.jit(functools.partial(train_state_from_params, optimizer=optimizer),
+                   out_shardings=state_shardings)(params, state_rng=state_rng)
 
 
 def _restore_latest_intact(checkpointer: Checkpointer, cfg, abstract_state, data_iterator,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 
 from sleepjax.models.config import ModelConfig
 from sleepjax.models.surgery import insert_blocks
+from sleepjax.models.validation import tree_differences
 from sleepjax.training import initialization
 from sleepjax.training.checkpointing import load_params
 from sleepjax.training.initialization import InitConfig
@@ -38,15 +38,7 @@ def initial_params(init: InitConfig, model: ModelConfig, rng):
 
 def check_params_match(params, abstract_params, key: str) -> None:
     """Raise naming the first differing leaves if ``params`` is not shaped like the model's."""
-    def flat(tree):
-        return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype))
-                for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-    got, want = flat(params), flat(abstract_params)
-    problems = [f"{k} missing" for k in sorted(want.keys() - got.keys())]
-    problems += [f"{k} unexpected" for k in sorted(got.keys() - want.keys())]
-    problems += [f"{k} is {got[k]}, the model needs {want[k]}"
-                 for k in sorted(want.keys() & got.keys()) if got[k] != want[k]]
+    problems = tree_differences(params, abstract_params)
     if problems:
         more = f" ... and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise ValueError(f"{key}: the loaded parameters do not fit the model: "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sleepjax.data as data
-from support.data import check_record_contract, identities
+from support.data import checked_records, identities
 
 
 def parse_record(source, record):
@@ -46,9 +46,7 @@ def test_answers_are_the_nodes_reached_by_walking_the_cycle(split):
     cfg = data.task_config("depo")
     source = data.make_source(cfg, split, seed=4)
     hops_seen = set()
-    for i in range(25):
-        record = source[i]
-        check_record_contract(source, record, num_answers=10)
+    for record in checked_records(source, 25, num_answers=10):
         successor, queries, num_pads = parse_record(source, record)
         n = len(successor)
         assert cfg.min_nodes <= n <= cfg.max_nodes
@@ -91,9 +89,7 @@ def test_small_config():
     for split in ("train", "test"):
         source = data.make_source(cfg, split, seed=1)
         assert source.seq_len == 24 + 18 - 1
-        for i in range(10):
-            record = source[i]
-            check_record_contract(source, record, num_answers=3)
+        for record in checked_records(source, 10, num_answers=3):
             successor, queries, _ = parse_record(source, record)
             for k, start, answer in queries:
                 assert answer == walk(successor, start, k)

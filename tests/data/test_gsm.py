@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sleepjax.data as data
-from support.data import check_record_contract, identities
+from support.data import checked_records, identities
 
 
 def parse_problem(source, record):
@@ -102,9 +102,7 @@ def test_answers_and_difficulty_match_the_parsed_and_solved_problem(split, overr
     cfg = data.task_config("gsm", **overrides)
     source = data.make_source(cfg, split, seed=2)
     ops_seen = set()
-    for i in range(30):
-        record = source[i]
-        check_record_contract(source, record, num_answers=1)
+    for record in checked_records(source, 30, num_answers=1):
         query, equations, answer = parse_problem(source, record)
         memo = {}
         for quantity in equations:          # every stated quantity is well defined and in range

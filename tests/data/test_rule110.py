@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sleepjax.data as data
-from support.data import check_record_contract, identities
+from support.data import check_record_contract, checked_records, identities
 
 # Wolfram code 110 written out as its 8 neighbourhoods (left, centre, right) -> new centre.
 RULE110_TABLE = {
@@ -54,9 +54,7 @@ def test_labels_match_independent_simulation(t, periodic, query_token):
     cfg = data.task_config("rule110", t=t, periodic=periodic, query_token=query_token)
     source = data.make_source(cfg, "train", seed=3)
     tok = source.tokenizer
-    for i in range(12):
-        record = source[i]
-        check_record_contract(source, record, num_answers=1)
+    for record in checked_records(source, 12, num_answers=1):
         full = tok.decode(np.concatenate([record["inputs"], record["targets"][-1:]]))
         states, tail = full[:96], full[96:]
         labels = tok.decode(record["targets"][record["loss_mask"] == 1])

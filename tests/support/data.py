@@ -43,3 +43,11 @@ def check_record_contract(source, record, *, num_answers: int | None = None) -> 
 
 def identities(source, indices) -> set[bytes]:
     return {source.example(i).identity for i in indices}
+
+
+def checked_records(source, count: int, *, num_answers: int | None = None):
+    """The first ``count`` records of ``source``, each checked against the record contract."""
+    for index in range(count):
+        record = source[index]
+        check_record_contract(source, record, num_answers=num_answers)
+        yield record
