@@ -4,8 +4,9 @@ Variants (``--config=experiments/rule110.py:<variant>``):
 
 * ``tiny``  -- the CPU default: the README's main command trains N in {1, 2, 3, 4} with it in
   a few minutes on 2 CPU cores. Small t so that a tiny model learns something in that budget.
-* ``cpu``   -- the same task and model with twice the batch and more steps (about 2-3 times
-  the tiny budget).
+* ``cpu``   -- the evidence variant (``results/README.md``): the same model at t = 2, batch 64
+  (the batch with the best tokens/s on the 2-core CPU; N = 4 runs at the same tokens/s from
+  batch 16 to 256), learning rate from the N = 1 grid (``python -m sleepjax.lr_grid``).
 * ``paper`` -- paper scale: d=256 "AGAG", L=24, t=32, batch 512, Muon lr 2e-3, AdamW 5e-5,
   about 5 B training tokens.
 
@@ -34,9 +35,11 @@ def get_config(arg: str | None = None):
         if variant == "tiny":   # the README's main command: 4 runs in about 10 CPU-minutes
             cfg.train.update(steps=240, batch_size=16, log_every=10, eval_every=24,
                              eval_examples=256, eval_batch_size=128, checkpoint_every=120)
-        else:                   # twice the batch, 300 steps, 512 test examples
-            cfg.train.update(steps=300, batch_size=32, log_every=10, eval_every=30,
-                             eval_examples=512, eval_batch_size=128, checkpoint_every=100)
+        else:
+            cfg.task.t = 2
+            cfg.optim.update(muon_lr=4e-3, adam_lr=6e-4)
+            cfg.train.update(steps=1000, batch_size=64, log_every=20, eval_every=100,
+                             eval_examples=512, eval_batch_size=128, checkpoint_every=200)
     else:  # paper
         cfg.task = data.task_config("rule110", t=32)
         cfg.model.update(d_model=256, layer_pattern="AGAG", attn_heads=4, attn_head_dim=64,

@@ -15,6 +15,10 @@ passes N' (``--eval_passes``; default: every N of the sweep and twice the larges
   ``accuracy_vs_passes.png``, ``accuracy_vs_difficulty.png``, ``loss_vs_tokens.png`` (one panel
   per difficulty: the paper's Fig. 3 is Depo's test loss per k) and ``cross_eval.png``.
 
+``--lr_grid=1e-3,2e-3,4e-3,1e-2`` runs the paper's learning-rate protocol instead: N = 1 only,
+one point per Muon rate (AdamW's scaled with it) and seed, the choice written to
+``lr_grid.{json,md}`` (:mod:`sleepjax.training.lr_grid`).
+
 A finished point leaves ``point.json`` in its directory and is never trained again on a rerun
 (its stored results are used); an interrupted one resumes from its own checkpoints. In a
 multi-host job every process runs the sweep; only the primary one writes the sweep's files.
@@ -32,7 +36,7 @@ from ml_collections import config_flags
 
 from sleepjax import data
 from sleepjax.parallel import multihost
-from sleepjax.training import cli, plots, stats
+from sleepjax.training import cli, lr_grid, plots, stats
 from sleepjax.training.baselines import task_baselines
 from sleepjax.training.checkpointing import load_params
 from sleepjax.training.config import (apply_overrides, flatten_config, load_config_module,
@@ -53,13 +57,20 @@ _EVAL_PASSES = flags.DEFINE_list(
     "eval_passes", None, "N' values every trained model is also evaluated with; default: every "
     "N of the sweep and twice the largest; 'none' disables.")
 
+_LR_GRID = flags.DEFINE_list(
+    "lr_grid", None, "Muon learning rates of the paper's N = 1 learning-rate grid (replaces "
+    "--passes; AdamW's rate scaled with each); writes lr_grid.{json,md} with the chosen rate.")
+_LR_CRITERION = flags.DEFINE_enum("lr_criterion", "accuracy", lr_grid.CRITERIA,
+                                  "How --lr_grid chooses: highest mean final accuracy, or lowest "
+                                  "mean final answer loss.")
 _ALLOW_SCHEDULE_CHANGE = flags.DEFINE_bool("allow_schedule_change", False,
                                            cli.ALLOW_SCHEDULE_CHANGE_HELP)
+_CACHE = flags.DEFINE_string("compilation_cache_dir", None, cli.COMPILATION_CACHE_HELP)
 
 POINT_FILE = "point.json"
 
 
-def _parse_ints(flag: str, texts: Sequence[str], minimum: int) -> list[int]:
+def parse_ints(flag: str, texts: Sequence[str], minimum: int) -> list[int]:
     values = []
     for text in texts:
         try:
@@ -81,7 +92,7 @@ def _config_module(config_path: str | None):
 def sweep_points(config_path: str | None, passes: Sequence[str] | None) -> list[dict]:
     """The settings of the sweep: ``--passes`` if given, else the config file's ``get_sweep()``."""
     if passes:
-        return [{"sleep.passes": n} for n in _parse_ints("passes", passes, 1)]
+        return [{"sleep.passes": n} for n in parse_ints("passes", passes, 1)]
     module = _config_module(config_path)
     if module is None or not hasattr(module, "get_sweep"):
         raise ValueError(f"--config: {config_path} has no get_sweep(); pass --passes")
@@ -91,7 +102,7 @@ def sweep_points(config_path: str | None, passes: Sequence[str] | None) -> list[
 def sweep_seeds(config_path: str | None, seeds: Sequence[str] | None, cfg) -> list[int]:
     """``--seeds`` if given, else the config file's ``get_seeds()``, else ``[train.seed]``."""
     if seeds:
-        return _parse_ints("seeds", seeds, 0)
+        return parse_ints("seeds", seeds, 0)
     module = _config_module(config_path)
     if module is not None and hasattr(module, "get_seeds"):
         return [int(s) for s in module.get_seeds()]
@@ -206,18 +217,23 @@ def main(argv) -> int:
     cli.quiet_library_logs()
     # Join a multi-host job first (a no-op for one process): see sleepjax.parallel.multihost.
     multihost.initialize_distributed()
+    cli.enable_compilation_cache(_CACHE.value)
     return cli.run_reporting_errors(_sweep_and_report)
 
 
 def _sweep_and_report() -> int:
     started = time.perf_counter()
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-    settings = sweep_points(config_path, _PASSES.value)
     seeds = sweep_seeds(config_path, _SEEDS.value, _CONFIG.value)
+    if _LR_GRID.value:
+        if _PASSES.value:
+            raise ValueError("--lr_grid: the grid runs N = 1 only; drop --passes")
+        return _grid_and_report(seeds, started)
+    settings = sweep_points(config_path, _PASSES.value)
     if _EVAL_PASSES.value == ["none"]:
         eval_passes = []
     elif _EVAL_PASSES.value:
-        eval_passes = _parse_ints("eval_passes", _EVAL_PASSES.value, 1)
+        eval_passes = parse_ints("eval_passes", _EVAL_PASSES.value, 1)
     else:
         eval_passes = default_eval_passes(settings, _CONFIG.value)
     result = run_sweep(_CONFIG.value, _WORKDIR.value, settings, seeds, eval_passes,
@@ -225,6 +241,35 @@ def _sweep_and_report() -> int:
     print(result["table"])
     if run_logging.is_primary_process():
         print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md}} and plots; "
+              f"this invocation's wall time {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def run_lr_grid(cfg, workdir: str, muon_lrs: Sequence[float], seeds: Sequence[int],
+                criterion: str = "accuracy") -> dict:
+    """The N = 1 learning-rate grid as a sweep; writes ``lr_grid.{json,md}``, returns the grid
+    (:func:`sleepjax.training.lr_grid.choose` plus its markdown ``table``)."""
+    if criterion not in lr_grid.CRITERIA:
+        raise ValueError(f"--lr_criterion: must be one of {lr_grid.CRITERIA} (got {criterion!r})")
+    result = run_sweep(cfg, workdir, lr_grid.grid_settings(cfg, muon_lrs), seeds, eval_passes=())
+    grid = lr_grid.choose(result["summary"], criterion)
+    table = lr_grid.format_grid(grid, result["summary"]["baselines"])
+    if run_logging.is_primary_process():
+        write_json(os.path.join(workdir, "lr_grid.json"),
+                   {**grid, "baselines": result["summary"]["baselines"]})
+        with open(os.path.join(workdir, "lr_grid.md"), "w") as f:
+            f.write(table + "\n")
+    return {**grid, "table": table}
+
+
+def _grid_and_report(seeds: Sequence[int], started: float) -> int:
+    grid = run_lr_grid(_CONFIG.value, _WORKDIR.value, lr_grid.parse_rates(_LR_GRID.value), seeds,
+                       _LR_CRITERION.value)
+    print(grid["table"])
+    if run_logging.is_primary_process():
+        chosen = grid["chosen"]
+        print(f"\nchosen: --config.optim.muon_lr={chosen['muon_lr']:g} "
+              f"--config.optim.adam_lr={chosen['adam_lr']:g}; wrote {_WORKDIR.value}/lr_grid.{{json,md}}; "
               f"this invocation's wall time {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -29,10 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with a variant: experiments/rule110.py:tiny",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, eval.json).")
-_CACHE = flags.DEFINE_string(
-    "compilation_cache_dir", None,
-    "Optional JAX persistent compilation cache directory: reruns of the same config skip XLA "
-    "compilation.")
+_CACHE = flags.DEFINE_string("compilation_cache_dir", None, cli.COMPILATION_CACHE_HELP)
 _ALLOW_SCHEDULE_CHANGE = flags.DEFINE_bool("allow_schedule_change", False,
                                            cli.ALLOW_SCHEDULE_CHANGE_HELP)
 
@@ -45,9 +42,7 @@ def main(argv) -> int:
     cli.quiet_library_logs()
     # Join a multi-host job first (a no-op for one process): see sleepjax.parallel.multihost.
     multihost.initialize_distributed()
-    if _CACHE.value:
-        import jax
-        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+    cli.enable_compilation_cache(_CACHE.value)
     return cli.run_reporting_errors(_train_and_report)
 
 

@@ -192,7 +192,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
         evaluated = False
         with RunLogger(workdir, total_steps=train_cfg.steps, start_step=start_step,
                        tokens_per_step=tokens_per_step, progress_bar=train_cfg.progress_bar,
-                       description=f"train N={rc.sleep.passes}", eval_header=header) as logger:
+                       description=f"train N={rc.sleep.passes} seed={train_cfg.seed}", eval_header=header) as logger:
             logger.write_config(cfg)
             while step < train_cfg.steps:
                 if stop.requested:
