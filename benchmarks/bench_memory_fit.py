@@ -7,7 +7,7 @@ and L = 512), batch 1, for N = 1, 2, 4 passes. Two losses side by side:
 
 * ``full``: the former loss, float32 logits ``[B, T, vocab]`` of every position;
 * ``gathered``: the head and cross-entropy only at loss positions, in chunks
-  (``sleepjax.models.losses.gathered_token_losses``), from ``forward_hidden``.
+  (``sleepjax.training.loss.gathered_token_losses``), from ``forward_hidden``.
 
 Primary number: XLA's ``memory_analysis()`` of the compiled loss + gradient (deterministic,
 no run): temp (activations, logits, gradient work buffers), arguments (parameters, batch),
@@ -47,9 +47,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from machine_info import machine_description  # noqa: E402  (benchmarks/, beside this script)
-from sleepjax.models import ModelConfig, SleepConfig, SleepLM, init_params  # noqa: E402
+from sleepjax.models import (ModelConfig, SleepConfig, SleepLM, forward_sequence,  # noqa: E402
+                             init_params)
 from sleepjax.training.optimizer import ADAMW, MUON, param_labels  # noqa: E402
-from sleepjax.training.train_step import _reduce_answer_loss, token_losses  # noqa: E402
+from sleepjax.training.loss import (full_logits_token_losses, reduce_answer_loss,  # noqa: E402
+                                   token_losses)
 
 GIB = 2 ** 30
 SEQ = 3300          # the paper's GSM lengths are 2000-3300 tokens
@@ -103,8 +105,12 @@ def _compile_grad(layers, window, passes, full, bsz, dtype):
     params = jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0)))
 
     def loss(params, batch):
-        ce, correct = token_losses(model, params, batch, full_logits=full)
-        return _reduce_answer_loss(ce, correct, batch["loss_mask"])[0]
+        if full:
+            logits = forward_sequence(params, batch["inputs"], model_cfg, model.sleep_cfg)
+            ce, correct = full_logits_token_losses(logits, batch["targets"])
+        else:
+            ce, correct, _ = token_losses(model, params, batch)
+        return reduce_answer_loss(ce, correct, batch["loss_mask"])[0]
 
     started = time.perf_counter()
     compiled = jax.jit(jax.value_and_grad(loss)).lower(params, batch_specs(bsz)).compile()

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleepjax import inference
-from sleepjax.models import ModelConfig, SleepConfig, forward_sequence, init_params, masked_cross_entropy
+from sleepjax.models import ModelConfig, SleepConfig, forward_sequence, init_params
+from sleepjax.training.loss import full_logits_token_losses
 from sleepjax.models import baseline
 
 
@@ -123,7 +124,7 @@ def train_memory(model_cfg, window, seq_len, batch, settings):
 
         def loss(p, sleep_cfg=sleep_cfg):
             logits = forward_sequence(p, tokens, model_cfg, sleep_cfg)
-            return masked_cross_entropy(logits, tokens)
+            return jnp.mean(full_logits_token_losses(logits, tokens)[0])
 
         compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
         rows[(passes, remat)] = compiled.memory_analysis().temp_size_in_bytes

@@ -6,14 +6,15 @@ Variants: ``tiny`` (CPU smoke scale), ``cpu`` (a small CPU ablation), ``paper`` 
 """
 
 from sleepjax import data
-from sleepjax.training import config as common
+from sleepjax.training import experiment_files as common
+from sleepjax.training.config import base_config
 
 VARIANTS = ("tiny", "cpu", "paper")
 
 
 def get_config(arg: str | None = None):
     variant = common.parse_variant(arg, VARIANTS, default="tiny")
-    cfg = common.base_config()
+    cfg = base_config()
     if variant == "tiny":
         # 18 nodes at most: 72 context tokens in 3 windows of 24 (each sleeps), then 4 queries
         # (23 input tokens) in the final, non-sleeping window.
@@ -47,8 +48,17 @@ def get_config(arg: str | None = None):
     return cfg
 
 
-def get_sweep():
-    """Fig. 3 compares N in {1, 2, 4}; the sweep covers {1, 2, 3, 4}."""
+def get_sweep(name: str | None = None):
+    """Fig. 3 compares N in {1, 2, 4}; the sweep covers {1, 2, 3, 4}.
+
+    ``get_sweep("recipes")`` (``--sweep=recipes``): the stable-training recipes against fixed
+    N = 4 (truncated backprop, random N, the curriculum; see
+    :func:`sleepjax.training.experiment_files.stable_training_recipes`).
+    """
+    if name == "recipes":
+        return common.stable_training_recipes(passes=4)
+    if name is not None:
+        raise ValueError(f"--sweep: unknown sweep {name!r}; known: 'recipes'")
     return common.passes_sweep((1, 2, 3, 4))
 
 

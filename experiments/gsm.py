@@ -14,14 +14,15 @@ word vocabulary fitted on the files). The paper's problems have 2000-3300 tokens
 """
 
 from sleepjax import data
-from sleepjax.training import config as common
+from sleepjax.training import experiment_files as common
+from sleepjax.training.config import base_config
 
 VARIANTS = ("tiny", "cpu", "paper")
 
 
 def get_config(arg: str | None = None):
     variant = common.parse_variant(arg, VARIANTS, default="tiny")
-    cfg = common.base_config()
+    cfg = base_config()
     if variant == "tiny":
         cfg.task = data.task_config("gsm", min_ops=1, max_ops=4, eval_ops=(2, 4), seq_len=160,
                                     window=96, num_test=256)

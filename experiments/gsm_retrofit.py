@@ -39,7 +39,8 @@ Example (one N of the Jet-style sweep)::
 """
 
 from sleepjax import data
-from sleepjax.training import config as common
+from sleepjax.training import experiment_files as common
+from sleepjax.training.config import base_config
 
 VARIANTS = ("tiny", "jet", "ouro", "ouro_sliding_warmup", "ouro_sliding")
 
@@ -69,7 +70,7 @@ def _paper_optim(cfg, steps, batch_size=256):
 
 def get_config(arg: str | None = None):
     variant = common.parse_variant(arg, VARIANTS, default="tiny")
-    cfg = common.base_config()
+    cfg = base_config()
     if variant == "tiny":
         cfg.task = data.task_config("gsm", seq_len=128, window=64, min_ops=1, max_ops=4,
                                     eval_ops=(1, 2, 3, 4), num_test=64)

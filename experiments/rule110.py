@@ -13,7 +13,8 @@ Variants (``--config=experiments/rule110.py:<variant>``):
 ``get_sweep()`` lists the ablation over the number of sleep passes N.
 """
 
-from sleepjax.training import config as common
+from sleepjax.training import experiment_files as common
+from sleepjax.training.config import base_config
 from sleepjax import data
 
 VARIANTS = ("tiny", "cpu", "paper")
@@ -21,7 +22,7 @@ VARIANTS = ("tiny", "cpu", "paper")
 
 def get_config(arg: str | None = None):
     variant = common.parse_variant(arg, VARIANTS, default="tiny")
-    cfg = common.base_config()
+    cfg = base_config()
     cfg.sleep.window = 24               # one state per window: each is evicted before the labels
     if variant in ("tiny", "cpu"):
         # t = 1: each label depends on 3 cells of its state (cells 23, 0, 1 of the ring), so the
@@ -51,8 +52,17 @@ def get_config(arg: str | None = None):
     return cfg
 
 
-def get_sweep():
-    """The ablation of the paper's Fig. 2b: N sleep passes in {1, 2, 3, 4}."""
+def get_sweep(name: str | None = None):
+    """The ablation of the paper's Fig. 2b: N sleep passes in {1, 2, 3, 4}.
+
+    ``get_sweep("recipes")`` (``--sweep=recipes``): the stable-training recipes against fixed
+    N = 4 (truncated backprop, random N, the curriculum; see
+    :func:`sleepjax.training.experiment_files.stable_training_recipes`).
+    """
+    if name == "recipes":
+        return common.stable_training_recipes(passes=4)
+    if name is not None:
+        raise ValueError(f"--sweep: unknown sweep {name!r}; known: 'recipes'")
     return common.passes_sweep((1, 2, 3, 4))
 
 

@@ -16,7 +16,7 @@ What "wake" and "sleep" mean for a user:
   :func:`generate` samples a continuation, reporting where sleeps fired.
 
 Feeding a sequence through :func:`step` gives the same logits as
-``SleepLM.apply(params, tokens)`` (``tests/test_inference_stream.py``): training sleeps after a
+``SleepLM.apply(params, tokens)`` (``tests/inference/test_stream.py``): training sleeps after a
 full window only if more tokens follow, which is exactly when the streaming sleep's effect is
 observable.
 
@@ -40,8 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleepjax.models import sleep_lm
-from sleepjax.models.attention import KVCache, zero_kv_cache
-from sleepjax.models.blocks import attn_layer_names, gdn_layer_names, zero_fast_weights
+from sleepjax.models.attention import zero_kv_cache
+from sleepjax.models.blocks import attn_layer_names, gdn_layer_names
+from sleepjax.models.carry import (FAST_WEIGHT_AXES, REPLICATED, LogicalAxes, WindowCarry,
+                                   carry_logical_axes, fast_weight_caches, initial_carry)
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.models.gated_deltanet import GDNCache, zero_conv_history
 from sleepjax.models.layers import compute_dtype
@@ -56,30 +58,40 @@ class StreamState:
     """Everything a streaming model remembers between tokens (all arrays, fixed shapes).
 
     Attributes:
-      fast_weights: ``{blocks_i: [B, H, K, V] float32}`` per GDN layer; the only long-term memory.
-      conv_cache: ``{blocks_i: {q, k: [B, conv_size-1, HK], v: [B, conv_size-1, HV]}}`` pre-conv
-        q, k, v of the window's last tokens per GDN layer (zeros at a window start).
-      kv_cache: ``{blocks_i: (k, v) [B, L, H, D]}`` the current window's rotated keys and values
-        per attention layer; slots ``>= position`` are unused.
-      prev_kv: sliding eviction only: ``{blocks_i: (k, v) [B, L-1, H, D]}`` the previous window's
-        last ``L-1`` tokens (keys rotated to positions ``-(L-1)..-1``); ``{}`` under hard eviction.
-      has_prev: bool scalar, True once a window boundary has been crossed.
+      carry: the :class:`~sleepjax.models.carry.WindowCarry` of the open window: every layer's
+        cache (GDN: fast weights ``[B, Hv, K, V]`` f32, the only long-term memory, and the short
+        conv's last pre-conv q, k, v, zeros at a window start; attention: the window's rotated
+        keys and values ``[B, L, Hkv, D]``, slots ``>= position`` unused) and, under sliding
+        eviction, the previous window's last ``L-1`` keys and values.
       loop_input: ``[B, L, d]`` the wake pass's outputs of block ``loop_end-1`` for this window,
         the input of the first sleep pass.
+      position: int32 scalar, number of tokens of the current window already consumed.
       window_start_fast: ``{blocks_i: [B, Hv, K, V]}`` the fast weights at this window's start
         of the coda's GDN layers, which the sleep re-runs from them (``sleep.coda``); ``{}``
         when there is no re-run coda.
-      position: int32 scalar, number of tokens of the current window already consumed.
+      sleep_passes: ``[B]`` int32, the passes each row used in its last sleep (0 before the
+        first; below ``sleep.passes`` only under adaptive sleep).
     """
 
-    fast_weights: dict
-    conv_cache: dict
-    kv_cache: dict
-    prev_kv: dict
-    has_prev: jax.Array
+    carry: WindowCarry
     loop_input: jax.Array
     position: jax.Array
+    sleep_passes: jax.Array
     window_start_fast: dict = flax.struct.field(default_factory=dict)
+
+    @property
+    def fast_weights(self) -> dict:
+        """``{blocks_i: [B, Hv, K, V]}`` every GDN layer's fast weights."""
+        return self.carry.fast_weights
+
+
+def _window_caches(model_cfg, fast, batch_size, window):
+    """Every layer's cache at a window start: the given fast weights, empty histories."""
+    caches = {name: GDNCache(fast[name], zero_conv_history(model_cfg, batch_size))
+              for name in gdn_layer_names(model_cfg)}
+    caches.update({name: zero_kv_cache(model_cfg, batch_size, window)
+                   for name in attn_layer_names(model_cfg)})
+    return caches
 
 
 def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) -> StreamState:
@@ -88,56 +100,57 @@ def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: must be a positive int, got {batch_size!r}")
     window = sleep_cfg.window
-    fast = zero_fast_weights(model_cfg, batch_size)
+    start = initial_carry(model_cfg, sleep_cfg, batch_size)
+    fast = start.fast_weights
     return _issue(model_cfg, sleep_cfg, 0, StreamState(
-        fast_weights=fast,
-        conv_cache={name: zero_conv_history(model_cfg, batch_size)
-                    for name in gdn_layer_names(model_cfg)},
-        kv_cache={name: tuple(zero_kv_cache(model_cfg, batch_size, window))
-                  for name in attn_layer_names(model_cfg)},
-        prev_kv=sleep_lm.zero_previous_window_kv(model_cfg, sleep_cfg, batch_size),
-        has_prev=jnp.asarray(False),
+        carry=start.replace(caches=_window_caches(model_cfg, fast, batch_size, window)),
         loop_input=jnp.zeros((batch_size, window, model_cfg.d_model), compute_dtype(model_cfg)),
         position=jnp.asarray(0, jnp.int32),
+        sleep_passes=jnp.zeros((batch_size,), jnp.int32),
         window_start_fast={name: fast[name]
                            for name in sleep_lm.coda_layer_names(model_cfg, sleep_cfg)},
     ))
 
 
+def stream_state_logical_axes(state: StreamState) -> StreamState:
+    """The logical axes of every leaf of ``state`` (:class:`~sleepjax.models.carry.LogicalAxes`
+    leaves): the streaming state's sharding is declared here, beside its type."""
+    return StreamState(carry=carry_logical_axes(state.carry),
+                       loop_input=LogicalAxes(("batch", "length", None)),
+                       position=REPLICATED, sleep_passes=LogicalAxes(("batch",)),
+                       window_start_fast={name: FAST_WEIGHT_AXES
+                                          for name in state.window_start_fast})
+
+
 # ----------------------------------------------------------------------------- pure cores
-
-def _layer_caches(state: StreamState):
-    """The state as the per-layer caches of :func:`sleepjax.models.blocks.run_blocks`."""
-    caches = {name: KVCache(*kv) for name, kv in state.kv_cache.items()}
-    caches.update({name: GDNCache(s, state.conv_cache[name]) for name, s in state.fast_weights.items()})
-    return caches
-
 
 def _wake_step(params, state: StreamState, token, model_cfg, sleep_cfg):
     pos = state.position
-    logits, h_loop, caches = sleep_lm.wake_pass(params, token[:, None], _layer_caches(state), pos,
-                                                model_cfg, sleep_cfg, state.prev_kv or None,
-                                                state.has_prev)
+    logits, h_loop, caches = sleep_lm.wake_pass(params, token[:, None], state.carry.caches, pos,
+                                                model_cfg, sleep_cfg, state.carry)
     loop_input = jax.lax.dynamic_update_slice_in_dim(
         state.loop_input, h_loop.astype(state.loop_input.dtype), pos, 1)
-    state = state.replace(
-        fast_weights={name: caches[name].fast_weights for name in state.fast_weights},
-        conv_cache={name: caches[name].conv for name in state.conv_cache},
-        kv_cache={name: tuple(caches[name]) for name in state.kv_cache},
-        loop_input=loop_input, position=pos + 1)
-    return logits[:, 0], state
+    return logits[:, 0], state.replace(carry=state.carry.replace(caches=caches),
+                                       loop_input=loop_input, position=pos + 1)
+
+
+def _after_sleep(state: StreamState, fast, previous_kv, used) -> StreamState:
+    """The state at the next window start: consolidated ``fast``, empty window caches."""
+    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
+    caches = {name: GDNCache(fast[name], zeros(c.conv)) if isinstance(c, GDNCache) else zeros(c)
+              for name, c in state.carry.caches.items()}
+    return StreamState(carry=WindowCarry(caches, previous_kv, jnp.asarray(True)),
+                       loop_input=zeros(state.loop_input), position=jnp.zeros_like(state.position),
+                       sleep_passes=used,
+                       window_start_fast={name: fast[name] for name in state.window_start_fast})
 
 
 def _sleep(params, state: StreamState, model_cfg, sleep_cfg):
-    fast, prev_kv = sleep_lm.sleep(params, state.loop_input, state.fast_weights, state.kv_cache,
-                                   model_cfg, sleep_cfg, state.prev_kv or None, state.has_prev,
-                                   state.window_start_fast)
-    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
-    return StreamState(fast_weights=fast, conv_cache=zeros(state.conv_cache),
-                       kv_cache=zeros(state.kv_cache), prev_kv=prev_kv,
-                       has_prev=jnp.asarray(True), loop_input=zeros(state.loop_input),
-                       position=jnp.zeros_like(state.position),
-                       window_start_fast={name: fast[name] for name in state.window_start_fast})
+    kv = {name: tuple(state.carry.caches[name]) for name in attn_layer_names(model_cfg)}
+    fast, previous_kv, used = sleep_lm.sleep(params, state.loop_input, state.carry.fast_weights,
+                                             kv, model_cfg, sleep_cfg, state.carry,
+                                             state.window_start_fast)
+    return _after_sleep(state, fast, previous_kv, used)
 
 
 def _step(params, state, token, model_cfg, sleep_cfg):
@@ -161,11 +174,9 @@ def _prefill_windows(params, state, tokens, model_cfg, sleep_cfg):
     A window start has empty caches (``_sleep`` zeroes them), so after n windows that each
     slept only the fast weights and the eviction's hand-off change.
     """
-    (fast, prev_kv, has_prev), logits = sleep_lm.sleep_over_windows(
-        params, (state.fast_weights, state.prev_kv, state.has_prev), tokens, model_cfg, sleep_cfg)
-    return logits, state.replace(fast_weights=fast, prev_kv=prev_kv, has_prev=has_prev,
-                                 window_start_fast={name: fast[name]
-                                                    for name in state.window_start_fast})
+    start = state.carry.replace(caches=fast_weight_caches(state.carry.fast_weights))
+    carry, logits, used = sleep_lm.sleep_over_windows(params, start, tokens, model_cfg, sleep_cfg)
+    return logits, _after_sleep(state, carry.fast_weights, carry.previous_kv, used[:, -1])
 
 
 def _sample(logits, rng, temperature):

@@ -39,9 +39,9 @@ from sleepjax.parallel import multihost
 from sleepjax.training import cli, lr_grid, plots, stats
 from sleepjax.training.baselines import task_baselines
 from sleepjax.training.checkpointing import load_params
-from sleepjax.training.config import (apply_overrides, flatten_config, load_config_module,
-                                      validate_config)
-from sleepjax.training.cross_eval import evaluate_at_passes
+from sleepjax.training.config import flatten_config, same_config, validate_config
+from sleepjax.training.experiment_files import apply_overrides, load_config_module
+from sleepjax.training.cross_eval import evaluate_adaptive, evaluate_at_passes
 from sleepjax.training.evaluate import write_json
 from sleepjax.training import logging as run_logging
 from sleepjax.training.trainer import train_and_evaluate
@@ -53,6 +53,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep output directory (one sub
 _PASSES = flags.DEFINE_list("passes", None, "Override the sweep: comma-separated N values.")
 _SEEDS = flags.DEFINE_list("seeds", None, "Comma-separated seeds (train.seed: init and data "
                            "order); default: the config file's get_seeds(), else train.seed.")
+_SWEEP = flags.DEFINE_string(
+    "sweep", None, "A named sweep of the config file: get_sweep(NAME) (e.g. 'recipes', the "
+    "stable-training recipes); default: get_sweep().")
+_EVAL_ADAPTIVE = flags.DEFINE_list(
+    "eval_adaptive_tols", None, "Also evaluate every model with adaptive sleep "
+    "(sleep.adaptive_tol) at each of these tolerances, capped at --adaptive_cap passes; reports "
+    "accuracy against the mean passes used.")
+_ADAPTIVE_CAP = flags.DEFINE_integer("adaptive_cap", None, "Most passes adaptive sleep may use "
+                                     "(default: the largest --eval_passes, else sleep.passes).")
 _EVAL_PASSES = flags.DEFINE_list(
     "eval_passes", None, "N' values every trained model is also evaluated with; default: every "
     "N of the sweep and twice the largest; 'none' disables.")
@@ -89,14 +98,33 @@ def _config_module(config_path: str | None):
     return load_config_module(config_path.partition(":")[0]) if config_path else None
 
 
-def sweep_points(config_path: str | None, passes: Sequence[str] | None) -> list[dict]:
-    """The settings of the sweep: ``--passes`` if given, else the config file's ``get_sweep()``."""
+def sweep_points(config_path: str | None, passes: Sequence[str] | None,
+                 name: str | None = None) -> list[dict]:
+    """The settings of the sweep: ``--passes`` if given, else the config file's
+    ``get_sweep()`` (``get_sweep(name)`` for a named sweep)."""
     if passes:
+        if name:
+            raise ValueError("--sweep: give either --sweep or --passes")
         return [{"sleep.passes": n} for n in parse_ints("passes", passes, 1)]
     module = _config_module(config_path)
     if module is None or not hasattr(module, "get_sweep"):
         raise ValueError(f"--config: {config_path} has no get_sweep(); pass --passes")
-    return list(module.get_sweep())
+    return list(module.get_sweep(name) if name else module.get_sweep())
+
+
+def parse_tolerances(texts: Sequence[str]) -> list[float]:
+    tols = []
+    for text in texts:
+        try:
+            tol = float(text)
+        except ValueError:
+            raise ValueError(f"--eval_adaptive_tols: expected comma-separated numbers (got "
+                             f"{text!r})") from None
+        if not 0 < tol < float("inf"):
+            raise ValueError(f"--eval_adaptive_tols: every tolerance must be a positive finite "
+                             f"number (got {text!r})")
+        tols.append(tol)
+    return tols
 
 
 def sweep_seeds(config_path: str | None, seeds: Sequence[str] | None, cfg) -> list[int]:
@@ -116,23 +144,32 @@ def default_eval_passes(settings: Sequence[Mapping], cfg) -> list[int]:
 
 
 def point_name(setting: Mapping, seed: int) -> str:
+    """``passes4_backprop_passes1_seed0``: the overrides' last key parts and values (':' in a
+    value becomes '-', so the name is a plain path component everywhere)."""
     name = "_".join(f"{k.split('.')[-1]}{v}" for k, v in setting.items()) or "base"
-    return f"{name}_seed{seed}"
+    return f"{name}_seed{seed}".replace(":", "-")
+
+
+def adaptive_key(tol: float, cap: int) -> str:
+    return f"tol{tol:g}_cap{cap}"
 
 
 def _read_point(run_dir: str, flat_cfg: Mapping) -> dict | None:
-    """The stored result of a finished point, if it was made with this exact config."""
+    """The stored result of a finished point, if it was made with this config (a key its
+    config lacks counts as equal at its default: options added later keep old behaviour)."""
     path = os.path.join(run_dir, POINT_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         point = json.load(f)
-    return point if point.get("config") == flat_cfg else None
+    return point if same_config(point.get("config") or {}, flat_cfg) else None
 
 
 def run_point(cfg, run_dir: str, setting: Mapping, seed: int, eval_passes: Sequence[int], *,
-              allow_schedule_change: bool = False) -> dict:
-    """Train (or reuse) one point and evaluate it at every N' of ``eval_passes``."""
+              allow_schedule_change: bool = False, adaptive_tols: Sequence[float] = (),
+              adaptive_cap: int | None = None) -> dict:
+    """Train (or reuse) one point and evaluate it at every N' of ``eval_passes`` and with
+    adaptive sleep at every tolerance of ``adaptive_tols`` (at most ``adaptive_cap`` passes)."""
     flat = json.loads(json.dumps(flatten_config(cfg)))   # JSON-normalised, as stored
     point = _read_point(run_dir, flat)
     if point is None:
@@ -147,22 +184,29 @@ def run_point(cfg, run_dir: str, setting: Mapping, seed: int, eval_passes: Seque
         params = result["params"]
     else:
         params = None
+    point.setdefault("adaptive_eval", {})
     missing = [n for n in eval_passes if str(n) not in point["cross_eval"]]
+    cap = adaptive_cap or int(cfg.sleep.passes)
+    missing_tols = [t for t in adaptive_tols if adaptive_key(t, cap) not in point["adaptive_eval"]]
+    if (missing or missing_tols) and params is None:
+        params = load_params(run_dir).params
     if missing:
-        if params is None:
-            params = load_params(run_dir).params
         point["cross_eval"].update(evaluate_at_passes(cfg, params, missing))
+    for tol in missing_tols:
+        point["adaptive_eval"][adaptive_key(tol, cap)] = evaluate_adaptive(cfg, params, tol, cap)
     if run_logging.is_primary_process():
         write_json(os.path.join(run_dir, POINT_FILE), point)
     return point
 
 
 def run_sweep(cfg, workdir: str, settings: Sequence[Mapping], seeds: Sequence[int],
-              eval_passes: Sequence[int] = (), *, allow_schedule_change: bool = False) -> dict:
+              eval_passes: Sequence[int] = (), *, allow_schedule_change: bool = False,
+              adaptive_tols: Sequence[float] = (), adaptive_cap: int | None = None) -> dict:
     """Train every ``(setting, seed)``; write the sweep's tables and plots.
 
     ``settings`` are dotted-key overrides of ``cfg`` (``{"sleep.passes": N}``); ``seeds`` set
-    ``train.seed``; ``allow_schedule_change`` is passed to every ``train_and_evaluate``.
+    ``train.seed``; ``allow_schedule_change`` is passed to every ``train_and_evaluate``;
+    ``eval_passes`` / ``adaptive_tols`` / ``adaptive_cap`` go to :func:`run_point`.
     Returns ``{"points": [...], "summary": {...}, "table": str}``.
     """
     if not seeds:
@@ -178,7 +222,8 @@ def run_sweep(cfg, workdir: str, settings: Sequence[Mapping], seeds: Sequence[in
             run_cfg = apply_overrides(cfg, {**setting, "train.seed": int(seed)})
             run_dir = os.path.join(workdir, point_name(setting, seed))
             points.append(run_point(run_cfg, run_dir, setting, int(seed), eval_passes,
-                                    allow_schedule_change=allow_schedule_change))
+                                    allow_schedule_change=allow_schedule_change,
+                                    adaptive_tols=adaptive_tols, adaptive_cap=adaptive_cap))
     summary = stats.summarize(points, baselines, test_source.difficulty_name)
     table = stats.format_report(summary)
     if run_logging.is_primary_process():   # the only host that writes the sweep's files
@@ -229,15 +274,20 @@ def _sweep_and_report() -> int:
         if _PASSES.value:
             raise ValueError("--lr_grid: the grid runs N = 1 only; drop --passes")
         return _grid_and_report(seeds, started)
-    settings = sweep_points(config_path, _PASSES.value)
+    settings = sweep_points(config_path, _PASSES.value, _SWEEP.value)
     if _EVAL_PASSES.value == ["none"]:
         eval_passes = []
     elif _EVAL_PASSES.value:
         eval_passes = parse_ints("eval_passes", _EVAL_PASSES.value, 1)
     else:
         eval_passes = default_eval_passes(settings, _CONFIG.value)
+    tols = parse_tolerances(_EVAL_ADAPTIVE.value) if _EVAL_ADAPTIVE.value else []
+    cap = _ADAPTIVE_CAP.value or (max(eval_passes) if eval_passes else None)
+    if cap is not None and cap < 1:
+        raise ValueError(f"--adaptive_cap: must be an int >= 1 (got {cap})")
     result = run_sweep(_CONFIG.value, _WORKDIR.value, settings, seeds, eval_passes,
-                       allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)
+                       allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value,
+                       adaptive_tols=tols, adaptive_cap=cap)
     print(result["table"])
     if run_logging.is_primary_process():
         print(f"\nwrote {_WORKDIR.value}/accuracy_vs_passes.{{json,md}} and plots; "

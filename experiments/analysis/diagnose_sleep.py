@@ -25,8 +25,9 @@ from ml_collections import config_flags
 
 from sleepjax import data
 from sleepjax.models import blocks, sleep_lm
+from sleepjax.models.carry import fast_weight_caches
 from sleepjax.training.config import validate_config
-from sleepjax.training.train_step import answer_loss
+from sleepjax.training.loss import full_logits_token_losses, reduce_answer_loss
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file with variant.")
 _RUN = flags.DEFINE_string("run", None, "A trained run directory (default: fresh init).")
@@ -45,7 +46,7 @@ def unrolled_loss(params, probes, batch, model_cfg, sleep_cfg):
     stats = []
 
     def one_pass(h, fast):
-        h, caches = blocks.run_blocks(params, h, blocks.fast_weight_caches(fast), range(depth), 0,
+        h, caches = blocks.run_blocks(params, h, fast_weight_caches(fast), range(depth), 0,
                                       model_cfg)
         return h, blocks.fast_weights_of(caches, names)
 
@@ -62,8 +63,12 @@ def unrolled_loss(params, probes, batch, model_cfg, sleep_cfg):
     h, fast = one_pass(h, fast)
     logits = blocks.output_logits(params, h, model_cfg)
     start = n_sleeping * window
-    loss, _ = answer_loss(logits, batch["targets"][:, start:], batch["loss_mask"][:, start:])
-    return loss, stats
+    return answer_loss(logits, batch["targets"][:, start:], batch["loss_mask"][:, start:]), stats
+
+
+def answer_loss(logits, targets, loss_mask):
+    ce, correct = full_logits_token_losses(logits, targets)
+    return reduce_answer_loss(ce, correct, loss_mask)[0]
 
 
 def diagnose(cfg, run_dir: str | None, batch_size: int) -> list[dict]:
@@ -87,7 +92,7 @@ def diagnose(cfg, run_dir: str | None, batch_size: int) -> list[dict]:
         params, probes, batch, rc.model, rc.sleep)
     # The unrolled forward must be the model's: compare with the training loss.
     logits = sleep_lm.forward_sequence(params, batch["inputs"], rc.model, rc.sleep)
-    reference, _ = answer_loss(logits, batch["targets"], batch["loss_mask"])
+    reference = answer_loss(logits, batch["targets"], batch["loss_mask"])
     if not np.isclose(float(loss), float(reference), rtol=1e-4, atol=1e-5):
         raise AssertionError(f"unrolled loss {float(loss)} != model loss {float(reference)}")
     rows = []

@@ -2,7 +2,7 @@
 
 Public surface: :class:`ModelConfig`, :class:`SleepConfig`, :class:`SleepLM`, :func:`init_params`,
 :func:`forward_sequence` (the pure forward; :func:`forward_hidden` stops before the head),
-:func:`validate_tokens`, :func:`masked_cross_entropy`,
+:func:`validate_tokens`,
 :class:`FullAttentionLM` (benchmark baseline). Streaming lives in :mod:`sleepjax.inference`.
 
 Parameter tree (float32 leaves; every kernel is ``[in, out]``; ``H*D`` dims are head-major so
@@ -34,7 +34,6 @@ Parameters (path, shape, logical axes: see :mod:`sleepjax.parallel.logical_axes`
 
 from sleepjax.models.baseline import FullAttentionLM
 from sleepjax.models.config import ModelConfig, SleepConfig
-from sleepjax.models.losses import masked_cross_entropy
 from sleepjax.models.params import param_table
 from sleepjax.models.sleep_lm import SleepLM, forward_hidden, forward_sequence, init_params
 from sleepjax.models.validation import validate_tokens
@@ -44,4 +43,4 @@ if __doc__:   # None under python -OO
 
 __all__ = ["ModelConfig", "SleepConfig", "SleepLM", "FullAttentionLM", "forward_sequence",
            "forward_hidden",
-           "init_params", "validate_tokens", "masked_cross_entropy"]
+           "init_params", "validate_tokens"]

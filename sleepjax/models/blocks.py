@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from sleepjax.models import layers
 from sleepjax.models.attention import attention
 from sleepjax.models.config import ModelConfig
-from sleepjax.models.gated_deltanet import GDNCache, gated_deltanet, zero_fast_weights_of
+from sleepjax.models.gated_deltanet import gated_deltanet, zero_fast_weights_of
 from sleepjax.parallel.activations import constrain
 
 
@@ -87,28 +87,23 @@ def block(p, h, cache, position, cfg: ModelConfig, previous=None):
     return residual_stream(h), cache
 
 
-def run_blocks(params, h, caches, layer_ids, position, cfg: ModelConfig, prev_kv=None,
-               prev_valid=None):
+def run_blocks(params, h, caches, layer_ids, position, cfg: ModelConfig, previous=None):
     """``blocks[i] for i in layer_ids`` over ``h [B, T, d]``; returns ``(h, caches)``.
 
     Args:
       caches: ``{blocks_i: cache}`` per layer (a missing attention entry is the window form);
         the returned dict (a new one) also holds the cache after ``h`` of every layer run.
       position: position of ``h[:, 0]`` in its window (0 for a window).
-      prev_kv: sliding eviction's ``{blocks_i: (k, v)}`` of the previous window, or None;
-        ``prev_valid``: bool scalar, False before the first window boundary.
+      previous: the :class:`~sleepjax.models.carry.WindowCarry` whose sliding-eviction
+        ``previous_kv`` (and ``previous_visible``) attention layers also attend to, or None.
     """
     caches = dict(caches)
     for i in layer_ids:
         name = block_name(i)
-        previous = (*prev_kv[name], prev_valid) if prev_kv and name in prev_kv else None
-        h, caches[name] = block(params[name], h, caches.get(name), position, cfg, previous)
+        kv = None if previous is None else previous.previous_kv.get(name)
+        earlier = None if kv is None else (*kv, previous.previous_visible)
+        h, caches[name] = block(params[name], h, caches.get(name), position, cfg, earlier)
     return h, caches
-
-
-def fast_weight_caches(fast):
-    """``{blocks_i: S}`` -> GDN caches at a window start (no conv history)."""
-    return {name: GDNCache(state) for name, state in fast.items()}
 
 
 def fast_weights_of(caches, names):

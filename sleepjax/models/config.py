@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from sleepjax.models.pass_law import is_fixed, parse_train_passes
+
 _DTYPES = ("float32", "bfloat16")
 _GDN_IMPLS = ("recurrent", "chunked", "pallas")
 _EVICTIONS = ("hard", "sliding")
@@ -184,6 +186,16 @@ class SleepConfig:
     # Sliding eviction only: whether sleep passes 2..N also attend to the previous window's
     # wake-pass K/V (the paper leaves this open, PAPER.md 4.4). False = within-window only.
     sleep_sees_previous_window: bool = False
+    # Training only (evaluation and streaming use ``passes``; see sleepjax.models.pass_law):
+    # the law of each step's N ("fixed" = ``passes``), ...
+    train_passes: str = "fixed"
+    # ... how many of the last passes of a sleeping window carry gradient (0 = all; the earlier
+    # ones run without it), and the fraction of the steps over which N ramps up from 1.
+    backprop_passes: int = 0
+    passes_warmup_fraction: float = 0.0
+    # Inference only: > 0 stops a window's sleep (per batch row) once every looped GDN layer's
+    # fast weights change by less than this, relatively, between two passes; ``passes`` caps it.
+    adaptive_tol: float = 0.0
 
     def __post_init__(self):
         p = "sleep"
@@ -205,6 +217,33 @@ class SleepConfig:
             raise _fail(p, "remat", "must be a bool", self.remat)
         if not isinstance(self.sleep_sees_previous_window, bool):
             raise _fail(p, "sleep_sees_previous_window", "must be a bool", self.sleep_sees_previous_window)
+        parse_train_passes(self.train_passes)
+        if isinstance(self.backprop_passes, bool) or not isinstance(self.backprop_passes, int) \
+                or self.backprop_passes < 0:
+            raise _fail(p, "backprop_passes", "must be an int >= 0", self.backprop_passes)
+        fraction = self.passes_warmup_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                or not 0 <= fraction <= 1:
+            raise _fail(p, "passes_warmup_fraction", "must be a number in [0, 1]", fraction)
+        tol = self.adaptive_tol
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
+            raise _fail(p, "adaptive_tol", "must be a finite number >= 0 (0 = off)", tol)
+
+    @property
+    def sleep_attends_previous(self) -> bool:
+        """Sleep passes 2..N attend to the previous window's K/V (sliding eviction with
+        ``sleep_sees_previous_window``)."""
+        return self.eviction == "sliding" and self.sleep_sees_previous_window
+
+    @property
+    def train_pass_law(self):
+        """``train_passes`` parsed (:class:`sleepjax.models.pass_law.PassLaw`)."""
+        return parse_train_passes(self.train_passes)
+
+    @property
+    def fixed_training_passes(self) -> bool:
+        """Every training step runs ``passes`` (no law, no curriculum)."""
+        return is_fixed(self.train_pass_law, self.passes_warmup_fraction)
 
     def resolved_loop_range(self, num_layers: int) -> tuple[int, int]:
         if self.loop_range is None:
@@ -214,10 +253,14 @@ class SleepConfig:
                         self.loop_range)
         return self.loop_range
 
-    def coda_range(self, num_layers: int) -> tuple[int, int] | None:
-        """Blocks re-run once after the sleep passes (``[end, D)``), or None."""
+    def coda_range(self, num_layers: int, max_passes: int | None = None) -> tuple[int, int] | None:
+        """Blocks re-run once after the sleep passes (``[end, D)``), or None.
+
+        ``max_passes``: the most passes the forward may run (default ``passes``); with one
+        pass there is no sleep, so nothing to re-run."""
         end = self.resolved_loop_range(num_layers)[1]
-        if self.passes == 1 or self.coda != "after_loop" or end == num_layers:
+        most = self.passes if max_passes is None else max_passes
+        if most == 1 or self.coda != "after_loop" or end == num_layers:
             return None
         return (end, num_layers)
 

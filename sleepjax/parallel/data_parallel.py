@@ -64,21 +64,26 @@ def data_parallel(per_shard: Callable, mesh=None) -> Callable:
     return run
 
 
-def jit_train_step(train_step: Callable, state_shardings, mesh, *, donate: bool = True) -> Callable:
-    """``jax.jit`` of ``train_step(state, batch) -> (state, metrics)`` partitioned over ``mesh``.
+def jit_train_step(train_step: Callable, state_shardings, mesh, *, donate: bool = True,
+                   per_step_passes: bool = False) -> Callable:
+    """``jax.jit`` of ``train_step(state, batch[, passes]) -> (state, metrics)`` over ``mesh``.
 
-    The state keeps ``state_shardings``, the batch is split over (data, fsdp), metrics come
-    back replicated. The call runs under ``jax.set_mesh(mesh)`` so that ops which must be
-    wrapped in ``shard_map`` (the Pallas kernels) and ``constrain`` see the mesh while tracing.
+    The state keeps ``state_shardings``, the batch is split over (data, fsdp), ``passes`` (the
+    step's number of sleep passes, an int32 scalar, with ``per_step_passes``) is replicated,
+    metrics come back replicated. The call runs under ``jax.set_mesh(mesh)`` so that ops which
+    must be wrapped in ``shard_map`` (the Pallas kernels) and ``constrain`` see the mesh while
+    tracing.
     """
-    jitted = jax.jit(train_step,
-                     in_shardings=(state_shardings, batch_sharding(mesh)),
+    in_shardings = (state_shardings, batch_sharding(mesh))
+    if per_step_passes:
+        in_shardings += (replicated(mesh),)
+    jitted = jax.jit(train_step, in_shardings=in_shardings,
                      out_shardings=(state_shardings, replicated(mesh)),
                      donate_argnums=(0,) if donate else ())
 
-    def step(state, batch):
+    def step(state, batch, *passes):
         with jax.set_mesh(mesh):
-            return jitted(state, batch)
+            return jitted(state, batch, *passes)
 
     step.jitted = jitted      # for .lower(...) / HLO inspection
     step.mesh = mesh

@@ -1,29 +1,19 @@
 """Shardings of the model's state trees: parameters, the whole TrainState, the streaming state.
 
 Parameters follow the logical axes declared with them (:data:`sleepjax.models.params.PARAM_RULES`,
-derived from the layout tables there); the streaming-inference state follows
-:data:`STREAM_STATE_RULES`. Both resolve through :mod:`sleepjax.parallel.logical_axes`.
+derived from the layout tables there); the streaming-inference state follows the axes its type
+declares (:func:`sleepjax.inference.stream_state_logical_axes`). Both resolve through
+:mod:`sleepjax.parallel.logical_axes`.
 """
 
 from __future__ import annotations
 
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
 from sleepjax.models.params import PARAM_RULES
-from sleepjax.parallel.logical_axes import tree_shardings
+from sleepjax.parallel.logical_axes import logical_to_spec, tree_shardings
 from sleepjax.parallel.mesh import validate_model_for_mesh
-
-# Streaming-inference state (``sleepjax.inference.StreamState``). Fast weights S [B, H, K, V]
-# and the per-head KV caches are split batch-over-data, heads-over-model, so wake steps and
-# sleeps on a mesh are the same per-shard computation as on one device. The short-conv caches
-# of q, k, v ([B, W-1, H*D], heads-major channels) split on head boundaries like the
-# projections that fill them.
-STREAM_STATE_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    (r"(^|/)fast_weights/[^/]+$", ("batch", "heads", "head_dim", "head_dim")),
-    (r"(^|/)(kv_cache|prev_kv)/[^/]+/[01]$", ("batch", "length", "heads", "head_dim")),
-    (r"(^|/)conv_cache/[^/]+/[qkv]$", ("batch", "length", "heads")),
-    (r"(^|/)loop_input$", ("batch", "length", None)),
-    (r".*", ("batch", ...)),   # anything else is batch-leading; scalars (position) are replicated
-)
-
 
 def params_shardings(abstract_params, mesh):
     """NamedShardings of a parameter tree (``{'params': ...}`` or the inner dict)."""
@@ -43,6 +33,23 @@ def train_state_shardings(abstract_state, mesh, model_cfg=None):
     return tree_shardings(abstract_state, mesh, PARAM_RULES)
 
 
+def stream_state_partition_specs(abstract_stream_state, mesh):
+    """PartitionSpecs of the streaming-inference state, from the axes it declares: fast weights
+    and KV caches split batch over the data axes and heads over ``model``, so wake steps and
+    sleeps on a mesh are the same per-shard computation as on one device."""
+    from sleepjax.inference import stream_state_logical_axes
+    from sleepjax.models.carry import LogicalAxes
+
+    def spec(axes, leaf):
+        shape = tuple(leaf.shape)
+        return logical_to_spec(axes, shape, mesh, name="stream state") if shape else P()
+
+    return jax.tree.map(spec, stream_state_logical_axes(abstract_stream_state),
+                        abstract_stream_state, is_leaf=lambda x: isinstance(x, LogicalAxes))
+
+
 def stream_state_shardings(abstract_stream_state, mesh):
     """NamedShardings for the streaming-inference state (fast weights, KV/conv caches)."""
-    return tree_shardings(abstract_stream_state, mesh, STREAM_STATE_RULES)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                        stream_state_partition_specs(abstract_stream_state, mesh),
+                        is_leaf=lambda x: isinstance(x, P))

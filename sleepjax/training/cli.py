@@ -90,7 +90,7 @@ def make_flags_parser(config_flag: str = "config") -> Callable[[list[str]], list
 
 
 def _describe_flag_error(argv: list[str], config_flag: str, error: Exception) -> str:
-    from sleepjax.training.config import load_config
+    from sleepjax.training.experiment_files import load_config
 
     prefix = f"--{config_flag}."
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{config_flag}=")), None)

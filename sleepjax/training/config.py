@@ -335,6 +335,17 @@ def _defaults_like(flat_cfg: dict[str, Any]) -> dict[str, Any]:
     return defaults
 
 
+def same_config(saved, current) -> bool:
+    """Whether two configs are equal, every key included; a key ``saved`` lacks counts as equal
+    when ``current`` has its default (an option added later, with the old behaviour)."""
+    a, b = flatten_config(saved), flatten_config(current)
+    defaults = _defaults_like(b)
+    missing = [k for k in b if k not in a]
+    if any(k not in defaults or b[k] != defaults[k] for k in missing):
+        return False
+    return all(a[k] == b.get(k, "<absent>") for k in a)
+
+
 def config_differences(saved, current) -> list[str]:
     """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`.
 
@@ -354,61 +365,3 @@ def config_differences(saved, current) -> list[str]:
             diffs.append(f"{key}: checkpoint has {a.get(key, '<absent>')!r}, "
                          f"config has {b.get(key, '<absent>')!r}")
     return diffs
-
-
-# --------------------------------------------------------------------------- experiment files
-
-def parse_variant(arg: str | None, variants: tuple[str, ...], default: str) -> str:
-    """The variant named by the ``:arg`` suffix of ``--config=file.py:arg`` (``default`` if none)."""
-    variant = (arg or default).strip()
-    if variant not in variants:
-        raise ValueError(f"config variant: must be one of {list(variants)} (got {variant!r})")
-    return variant
-
-
-def passes_sweep(values) -> list[dict[str, Any]]:
-    """A sweep over the number of sleep passes N: one ``{"sleep.passes": N}`` override per run."""
-    return [{"sleep.passes": int(n)} for n in values]
-
-
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]
-                    ) -> ml_collections.ConfigDict:
-    """A copy of ``cfg`` with dotted-key ``overrides`` applied (``{"sleep.passes": 2}``).
-
-    An unknown key raises ValueError naming it (the config files lock their ConfigDicts).
-    """
-    out = copy.deepcopy(cfg)
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for name in parents:
-            if name not in node:
-                raise ValueError(f"{key}: unknown config key")
-            node = node[name]
-        if leaf not in node:
-            raise ValueError(f"{key}: unknown config key")
-        try:
-            node[leaf] = value
-        except TypeError as e:
-            raise ValueError(f"{key}: {e}") from None
-    return out
-
-
-def load_config_module(path: str):
-    """Import an experiment config file (``experiments/rule110.py``) by path, as config_flags does."""
-    import importlib.util
-    import os
-
-    if not os.path.isfile(path):
-        raise ValueError(f"--config: no such config file {path!r}")
-    name = "sleepjax_experiment_" + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """``"experiments/rule110.py:tiny"`` -> that file's ``get_config("tiny")``."""
-    path, _, arg = spec.partition(":")
-    return load_config_module(path).get_config(arg or None)

@@ -32,13 +32,25 @@ def evaluate_at_passes(cfg, params, passes: Sequence[int], *, num_examples: int 
     bad = [n for n in passes if isinstance(n, bool) or not isinstance(n, int) or n < 1]
     if bad:
         raise ValueError(f"--eval_passes: every N' must be an int >= 1 (got {bad})")
-    test_source = data.make_source(rc.task, "test", rc.train.seed)
     count = rc.train.eval_examples if num_examples is None else num_examples
     params = jax.device_get(params)
-    results = {}
-    for n in passes:
-        model = SleepLM(rc.model, dataclasses.replace(rc.sleep, passes=int(n)))
-        step = jax.jit(make_eval_step(model))
-        results[str(n)] = evaluation.evaluate(lambda batch, step=step: step(params, batch),
-                                              test_source, count, rc.train.eval_batch_size)
-    return results
+    return {str(n): _evaluate(rc, params, dataclasses.replace(rc.sleep, passes=int(n)), count)
+            for n in passes}
+
+
+def evaluate_adaptive(cfg, params, tol: float, cap: int, *, num_examples: int | None = None
+                      ) -> dict:
+    """The evaluation of ``params`` with adaptive sleep: at most ``cap`` passes per window,
+    stopping per row once the fast weights change by less than ``tol`` (``sleep.adaptive_tol``);
+    the result's ``sleep_passes`` holds the mean and histogram of the passes used."""
+    rc = validate_config(cfg)
+    count = rc.train.eval_examples if num_examples is None else num_examples
+    sleep_cfg = dataclasses.replace(rc.sleep, passes=int(cap), adaptive_tol=float(tol))
+    return _evaluate(rc, jax.device_get(params), sleep_cfg, count)
+
+
+def _evaluate(rc, params, sleep_cfg, count: int) -> dict:
+    test_source = data.make_source(rc.task, "test", rc.train.seed)
+    step = jax.jit(make_eval_step(SleepLM(rc.model, sleep_cfg)))
+    return evaluation.evaluate(lambda batch: step(params, batch), test_source, count,
+                               rc.train.eval_batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Callable, Iterable, Mapping
@@ -110,11 +111,14 @@ def evaluate(eval_step: Callable[[dict], dict], source, num_examples: int, batch
     ``eval_step(batch) -> {"correct", "loss_sum", "answer_tokens"}`` (params bound, outputs
     replicated); ``to_device`` turns a host batch of :data:`EVAL_BATCH_KEYS` into device arrays.
     Returns ``{"accuracy": {...}, "examples": {...}, "loss": float, "loss_by_difficulty":
-    {...}}`` (``loss_by_difficulty`` when ``eval_step`` also returns ``token_loss``).
+    {...}, "sleep_passes": {"mean", "histogram"}}`` (``loss_by_difficulty`` when ``eval_step``
+    also returns ``token_loss``; ``sleep_passes``, over every sleeping window of every example,
+    when it returns ``sleep_passes`` and the task has sleeping windows).
     """
     tally, losses = ExactMatchTally(), LossTally()
+    passes_used: collections.Counter = collections.Counter()
     loss_sum = tokens = 0.0
-    for batch, _ in iterate_eval_batches(source, num_examples, batch_size):
+    for batch, valid in iterate_eval_batches(source, num_examples, batch_size):
         device_batch = {k: batch[k] for k in EVAL_BATCH_KEYS}
         if to_device is not None:
             device_batch = to_device(device_batch)
@@ -124,12 +128,23 @@ def evaluate(eval_step: Callable[[dict], dict], source, num_examples: int, batch
             losses.add(out["token_loss"], batch["loss_mask"], batch["difficulty"])
         loss_sum += float(out["loss_sum"])
         tokens += float(out["answer_tokens"])
+        if "sleep_passes" in out:   # [B, sleeping windows]; padding rows left out
+            passes_used.update(np.asarray(out["sleep_passes"])[:valid].ravel().tolist())
     result = {"accuracy": tally.result(), "examples": tally.counts(),
               "loss": loss_sum / tokens if tokens else float("nan")}
+    if passes_used:
+        result["sleep_passes"] = sleep_passes_summary(passes_used)
     by_difficulty = losses.result()
     if len(by_difficulty) > 1:   # some answer was seen
         result["loss_by_difficulty"] = by_difficulty
     return result
+
+
+def sleep_passes_summary(counts: Mapping[int, int]) -> dict:
+    """``{"mean", "histogram": {"<passes>": windows}}`` of the passes the sleeping windows used."""
+    total = sum(counts.values())
+    return {"mean": sum(int(k) * v for k, v in counts.items()) / total,
+            "histogram": {str(k): int(counts[k]) for k in sorted(counts, key=int)}}
 
 
 def write_json(path: str, payload: Mapping) -> None:

@@ -38,6 +38,19 @@ def _curves(histories: Sequence[Sequence[Mapping]], key) -> dict:
             "max": arr.max(1).tolist()}
 
 
+def _adaptive(members: Sequence[Mapping]) -> dict:
+    """Per adaptive-sleep evaluation key (``tol<t>_cap<n>``): accuracy and mean passes used."""
+    keys = sorted({k for p in members for k in p.get("adaptive_eval", {})},
+                  key=lambda k: float(k.split("_")[0][3:]))
+    out = {}
+    for key in keys:
+        runs = [p["adaptive_eval"][key] for p in members if key in p.get("adaptive_eval", {})]
+        out[key] = {"accuracy": mean_std([r["accuracy"]["all"] for r in runs]),
+                    "mean_passes": mean_std([r["sleep_passes"]["mean"] for r in runs
+                                             if "sleep_passes" in r])}
+    return out
+
+
 def setting_label(setting: Mapping) -> str:
     parts = [f"N={v}" if k == "sleep.passes" else f"{k}={v}" for k, v in setting.items()]
     return ", ".join(parts) or "base"
@@ -68,6 +81,7 @@ def summarize(points: Sequence[Mapping], baselines: Mapping, difficulty_name: st
             "cross_eval": {str(n): mean_std([p["cross_eval"][str(n)]["accuracy"]["all"]
                                              for p in members if str(n) in p["cross_eval"]])
                            for n in cross},
+            "adaptive_eval": _adaptive(members),
             "accuracy_curve": {k: _curves(histories, lambda e, k=k: e["accuracy"].get(k, math.nan))
                                for k in levels},
             "loss_curve": {k: _curves(histories, lambda e, k=k: _loss_by_level(e).get(k, math.nan))
@@ -166,4 +180,19 @@ def format_report(summary: Mapping) -> str:
             lines.append(f"| {s['label']} | " + " | ".join(
                 _fmt(s["cross_eval"][str(n)]) if str(n) in s["cross_eval"] else "-"
                 for n in cross) + " |")
+    adaptive = sorted({k for s in settings for k in s.get("adaptive_eval", {})},
+                      key=lambda k: float(k.split("_")[0][3:]))
+    if adaptive:
+        lines += ["", "Adaptive sleep (a window stops sleeping once every looped GDN layer's fast "
+                  "weights change by less than tol between two passes, at most cap passes): "
+                  "accuracy / mean passes used per sleeping window, mean ± std over seeds:", "",
+                  "| setting | " + " | ".join(k.replace("_", ", ") for k in adaptive) + " |",
+                  "|---|" + "---|" * len(adaptive)]
+        for s in settings:
+            cells = []
+            for k in adaptive:
+                entry = s.get("adaptive_eval", {}).get(k)
+                cells.append("-" if entry is None else
+                             f"{_fmt(entry['accuracy'])} / {_fmt(entry['mean_passes'], 2)}")
+            lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -34,9 +34,11 @@ from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sleepjax import data
 from sleepjax.models import SleepLM
+from sleepjax.models.pass_law import passes_for_step
 from sleepjax.parallel.data_parallel import jit_train_step
 from sleepjax.parallel.logical_axes import replicated, with_shardings
 from sleepjax.parallel.mesh import make_mesh, validate_model_for_mesh
@@ -153,7 +155,9 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
             checkpointer.save(step, state, data_iterator, cfg,
                               progress={"wall_time_s": run_wall_time()})
 
-        step_fn = jit_train_step(train_step, state_shardings, mesh)
+        per_step_passes = not rc.sleep.fixed_training_passes
+        step_fn = jit_train_step(train_step, state_shardings, mesh,
+                                 per_step_passes=per_step_passes)
         eval_step = make_eval_step(model)
         jitted_eval = jax.jit(eval_step, in_shardings=(state_shardings.params,
                                                        batch_sharding(mesh)),
@@ -192,7 +196,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
         evaluated = False
         with RunLogger(workdir, total_steps=train_cfg.steps, start_step=start_step,
                        tokens_per_step=tokens_per_step, progress_bar=train_cfg.progress_bar,
-                       description=f"train N={rc.sleep.passes} seed={train_cfg.seed}", eval_header=header) as logger:
+                       description=f"train N={training_label(rc.sleep)} seed={train_cfg.seed}", eval_header=header) as logger:
             logger.write_config(cfg)
             while step < train_cfg.steps:
                 if stop.requested:
@@ -207,8 +211,13 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
                 host_batch = next(data_iterator)
                 batch = make_global_batch(
                     {k: host_batch[k] for k in TRAIN_BATCH_KEYS}, mesh)
-                state, metrics = step_fn(state, batch)
-                metrics = jax.device_get(metrics)
+                if per_step_passes:   # this step's N: a pure function of (seed, step)
+                    passes = training_passes(rc, step)
+                    state, metrics = step_fn(state, batch, np.asarray(passes, np.int32))
+                else:
+                    passes = rc.sleep.passes
+                    state, metrics = step_fn(state, batch)
+                metrics = dict(jax.device_get(metrics), sleep_passes=passes)
                 checkpointer.seal_finished()
                 if not (metrics["loss_finite"] and metrics["grad_finite"]):
                     raise _non_finite_error(step, metrics, checkpointer, restored_step, verified)
@@ -220,6 +229,8 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
                 if step % train_cfg.log_every == 0 or step == train_cfg.steps:
                     scalars = {k: float(metrics[k]) for k in
                                ("loss", "grad_norm", "token_accuracy")}
+                    if per_step_passes:
+                        scalars["sleep_passes"] = passes
                     lrs = {name: float(s(step - 1)) for name, s in schedules.items()}
                     logger.log_train(step, scalars, lrs)
                 # Evaluate before checkpointing the same step: a run interrupted between the two
@@ -245,6 +256,20 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
             "tokens_seen": step * tokens_per_step, "wall_time_s": time.perf_counter() - started,
             "total_wall_time_s": total_wall_time,
             "difficulty_name": test_source.difficulty_name, "params": state.params}
+
+
+def training_label(sleep_cfg) -> str:
+    """N as the progress bar shows it: ``4``, or the law (``uniform:1:6``, ``4 ramped``)."""
+    if sleep_cfg.fixed_training_passes:
+        return str(sleep_cfg.passes)
+    law = str(sleep_cfg.passes) if sleep_cfg.train_passes == "fixed" else sleep_cfg.train_passes
+    return law + (" ramped" if sleep_cfg.passes_warmup_fraction else "")
+
+
+def training_passes(rc: ResolvedConfig, step: int) -> int:
+    """N of training step ``step`` (0-based) under ``sleep.train_passes`` and its curriculum."""
+    return passes_for_step(rc.sleep.train_pass_law, rc.sleep.passes,
+                           rc.sleep.passes_warmup_fraction, rc.train.steps, rc.train.seed, step)
 
 
 def _state_from_source(rc: ResolvedConfig, optimizer, rng, abstract_state, state_shardings

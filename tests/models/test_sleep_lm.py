@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from support.model import (BATCH, VOCAB, WINDOW, forward, max_rel_err, model_config, params_for,
-                            sleep_config, tokens)
-from sleepjax.models import SleepLM, forward_sequence, init_params, masked_cross_entropy
+from support.model import (BATCH, VOCAB, WINDOW, forward, masked_mean_loss, max_rel_err,
+                           model_config, params_for, sleep_config, tokens)
+from sleepjax.models import SleepLM, forward_sequence, init_params
 from sleepjax.models import layers
 from sleepjax.models.attention import attention
 from sleepjax.models.blocks import block_name
@@ -148,7 +148,7 @@ def test_gradients_flow_through_windows_via_fast_weights():
     def grad(p):
         def loss(p):
             logits = forward_sequence(p, jnp.asarray(seq), model_cfg, sleep_cfg)
-            return masked_cross_entropy(logits, jnp.asarray(np.roll(seq, -1, 1)), jnp.asarray(mask))
+            return masked_mean_loss(logits, jnp.asarray(np.roll(seq, -1, 1)), jnp.asarray(mask))
         return jax.grad(loss)(p)
 
     g = grad(params)

@@ -19,7 +19,7 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from sleepjax.models.config import ModelConfig
 from sleepjax.models.params import PARAM_RULES
 from sleepjax.parallel import activations, data_parallel, logical_axes, mesh as device_mesh, multihost
-from sleepjax.parallel.state_shardings import STREAM_STATE_RULES
+from sleepjax.parallel.state_shardings import stream_state_partition_specs
 
 
 def abstract_mesh(data, model, fsdp=1):
@@ -142,13 +142,17 @@ def test_batch_and_stream_state_specs():
     assert logical_axes.batch_spec(abstract_mesh(2, 2, fsdp=2)) == P(("data", "fsdp"))
     from sleepjax import inference
     from sleepjax.models.config import SleepConfig
-    state = jax.eval_shape(lambda: inference.init_state(CFG, SleepConfig(window=4, passes=2), 8))
-    specs = logical_axes.tree_partition_specs(state, mesh, STREAM_STATE_RULES)
-    assert specs.fast_weights["blocks_1"] == P("data", "model")      # S [B, H, K, V]
-    assert specs.kv_cache["blocks_0"][0] == P("data", None, "model")  # [B, L, H, D]
+    state = jax.eval_shape(lambda: inference.init_state(
+        CFG, SleepConfig(window=4, passes=2, eviction="sliding"), 8))
+    specs = stream_state_partition_specs(state, mesh)
+    caches = specs.carry.caches
+    assert caches["blocks_1"].fast_weights == P("data", "model")     # S [B, H, K, V]
+    assert caches["blocks_0"].keys == P("data", None, "model")       # [B, L, H, D]
+    assert specs.carry.previous_kv["blocks_0"][1] == P("data", None, "model")
     for stream in ("q", "k", "v"):                                    # [B, W-1, H*D], heads-major
-        assert specs.conv_cache["blocks_1"][stream] == P("data", None, "model")
+        assert caches["blocks_1"].conv[stream] == P("data", None, "model")
     assert specs.loop_input == P("data") and specs.position == P()
+    assert specs.sleep_passes == P("data") and specs.carry.previous_visible == P()
 
 
 def test_constrain_is_a_noop_without_mesh():

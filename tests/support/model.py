@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from sleepjax.models import ModelConfig, SleepConfig, forward_sequence, init_params
+from sleepjax.training.loss import full_logits_token_losses, reduce_answer_loss
 
 VOCAB = 11
 WINDOW = 4
@@ -40,6 +41,13 @@ def tokens(seq_len, seed=0, low=0, high=VOCAB):
 
 
 forward = jax.jit(forward_sequence, static_argnames=("model_cfg", "sleep_cfg"))
+
+
+def masked_mean_loss(logits, targets, mask):
+    """Mean next-token cross-entropy of full ``logits`` where ``mask`` is non-zero (the
+    training loss from full logits: sleepjax.training.loss)."""
+    ce, correct = full_logits_token_losses(logits, targets)
+    return reduce_answer_loss(ce, correct, mask)[0]
 
 
 def max_rel_err(a, b):

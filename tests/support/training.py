@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from sleepjax import data
-from sleepjax.training.config import apply_overrides, load_config
+from sleepjax.training.experiment_files import apply_overrides, load_config
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(TESTS)

@@ -7,10 +7,11 @@ import re
 import pytest
 
 from sleepjax import data
-from sleepjax.training.config import apply_overrides, config_differences, flatten_config, validate_config
+from sleepjax.training.config import config_differences, flatten_config, validate_config
+from sleepjax.training.experiment_files import apply_overrides
 
 from support.training import RULE110, tiny_config
-from sleepjax.training.config import load_config
+from sleepjax.training.experiment_files import load_config
 
 
 def _error(cfg, **kwargs) -> str:

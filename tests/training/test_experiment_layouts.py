@@ -16,7 +16,8 @@ import pytest
 from sleepjax import data
 from sleepjax.data.layout import (check_answers_in_prediction_window, prediction_chunk_start,
                                   sleeping_windows)
-from sleepjax.training.config import load_config_module, validate_config
+from sleepjax.training.config import validate_config
+from sleepjax.training.experiment_files import load_config_module
 
 from support.training import REPO
 

@@ -1,9 +1,9 @@
-"""The training / eval loss without full-sequence logits (issue 13, item 3).
+"""The training / eval loss without full-sequence logits.
 
 ``token_losses`` of a SleepLM applies the head only at loss positions, in chunks, from the
-hidden states (``sleepjax.models.losses.gathered_token_losses``). It must equal the former
-full-logits loss (values, accuracy and gradients, several configs, answers spread over
-sleeping windows too), and the compiled step's temporary memory must no longer hold
+hidden states (``sleepjax.training.loss.gathered_token_losses``). It must equal the loss of
+the full logits (values, accuracy and gradients, several configs, answers spread over
+sleeping windows too), and the compiled step's temporary memory must not hold
 ``[B, T, vocab]`` logits.
 """
 
@@ -17,10 +17,19 @@ import pytest
 
 from support.model import max_rel_err, model_config, params_for, sleep_config
 from sleepjax.models import ModelConfig, SleepConfig, SleepLM, init_params
-from sleepjax.models.losses import default_chunk_positions, gathered_token_losses
-from sleepjax.training.state import init_train_state
-from sleepjax.training.train_step import (_reduce_answer_loss, make_eval_step, make_train_step,
-                                          token_losses)
+from sleepjax.models.sleep_lm import forward_sequence
+from sleepjax.training.loss import (default_chunk_positions, full_logits_token_losses,
+                                    gathered_token_losses, reduce_answer_loss, token_losses)
+from sleepjax.training.state import TrainState, init_train_state
+from sleepjax.training.train_step import make_eval_step, make_train_step
+
+
+def _losses(model, params, batch, full, chunk=None):
+    """``(ce, correct)`` of the gathered loss, or (``full``) of the full logits."""
+    if full:
+        logits = forward_sequence(params, batch["inputs"], model.model_cfg, model.sleep_cfg)
+        return full_logits_token_losses(logits, batch["targets"])
+    return token_losses(model, params, batch, chunk_positions=chunk)[:2]
 
 
 def _batch(vocab, bsz, seq, mask, seed=0):
@@ -110,8 +119,8 @@ def test_model_loss_equals_full_logits_loss_and_gradients(case):
     batch = _batch(model_cfg.vocab_size, bsz, seq, mask)
 
     def loss(params, full):
-        ce, correct = token_losses(model, params, batch, full_logits=full, chunk_positions=chunk)
-        return _reduce_answer_loss(ce, correct, batch["loss_mask"])
+        ce, correct = _losses(model, params, batch, full, chunk)
+        return reduce_answer_loss(ce, correct, batch["loss_mask"])
 
     grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
     (ref, (ref_acc, ref_n)), ref_grads = grad(params, True)
@@ -136,16 +145,15 @@ def test_eval_step_equals_full_logits_at_answer_positions():
     params = params_for(model_cfg)
     mask = _spread_mask(2, 11)
     batch = _batch(model_cfg.vocab_size, 2, 11, mask)
-    full_eval = jax.jit(make_eval_step(model, full_logits=True))(params, batch)
+    ref_ce, ref_correct = jax.jit(lambda p: _losses(model, p, batch, True))(params)
     new_eval = jax.jit(make_eval_step(model, chunk_positions=2))(params, batch)
     on = mask != 0
-    np.testing.assert_allclose(new_eval["token_loss"], full_eval["token_loss"], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(new_eval["token_loss"], ref_ce * mask, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(new_eval["correct"])[on],
-                                  np.asarray(full_eval["correct"])[on])
+                                  np.asarray(ref_correct)[on])
     assert not np.asarray(new_eval["correct"])[~on].any()
-    np.testing.assert_allclose(new_eval["loss_sum"], full_eval["loss_sum"], rtol=1e-5)
-    assert float(new_eval["answer_tokens"]) == float(full_eval["answer_tokens"])
+    np.testing.assert_allclose(new_eval["loss_sum"], np.sum(ref_ce * mask), rtol=1e-5)
+    assert float(new_eval["answer_tokens"]) == float(mask.sum())
 
 
 def test_train_step_unchanged_and_no_answer_batch_is_zero():
@@ -157,7 +165,20 @@ def test_train_step_unchanged_and_no_answer_batch_is_zero():
     batch = _batch(model_cfg.vocab_size, 2, 11, _spread_mask(2, 11))
     state = init_train_state(model, optimizer, jax.random.PRNGKey(0), batch["inputs"])
     new_step = jax.jit(make_train_step(model, optimizer, chunk_positions=2))
-    ref_state, ref_metrics = jax.jit(make_train_step(model, optimizer, full_logits=True))(state, batch)
+
+    @jax.jit
+    def reference_step(state, batch):   # the same step from the full logits
+        def loss(p):
+            ce, correct = _losses(model, p, batch, True)
+            return reduce_answer_loss(ce, correct, batch["loss_mask"])
+        (value, (accuracy, count)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state, rng=state.rng)
+        return new, {"loss": value, "grad_norm": optax.tree.norm(grads),
+                     "token_accuracy": accuracy, "answer_tokens": count}
+
+    ref_state, ref_metrics = reference_step(state, batch)
     got_state, metrics = new_step(state, batch)
     for key in ("loss", "grad_norm", "token_accuracy", "answer_tokens"):
         np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
@@ -184,8 +205,8 @@ def _grad_temp_bytes(model_cfg, sleep_cfg, bsz, seq, full, chunk):
              "loss_mask": jax.ShapeDtypeStruct((bsz, seq), jnp.float32)}
 
     def loss(params, batch):
-        ce, correct = token_losses(model, params, batch, full_logits=full, chunk_positions=chunk)
-        return _reduce_answer_loss(ce, correct, batch["loss_mask"])[0]
+        ce, correct = _losses(model, params, batch, full, chunk)
+        return reduce_answer_loss(ce, correct, batch["loss_mask"])[0]
 
     compiled = jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile()
     return compiled.memory_analysis().temp_size_in_bytes

@@ -19,8 +19,8 @@ from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
 from sleepjax.training.checkpointing import Checkpointer
-from sleepjax.training.config import (apply_overrides, load_config, load_config_module,
-                                      validate_config)
+from sleepjax.training.config import validate_config
+from sleepjax.training.experiment_files import apply_overrides, load_config, load_config_module
 from sleepjax.training.trainer import train_and_evaluate
 from support.gsm_infinite import published_row, write_jsonl, write_tokenizer
 from support.training import REPO

@@ -13,7 +13,7 @@ import pytest
 
 from sleepjax.sweep import default_eval_passes, run_sweep, sweep_points, sweep_seeds
 from sleepjax.training import stats
-from sleepjax.training.config import load_config_module
+from sleepjax.training.experiment_files import load_config_module
 
 from support.training import REPO, RULE110, TINY_OVERRIDES, tiny_config
 

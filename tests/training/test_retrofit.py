@@ -212,7 +212,8 @@ def test_frozen_params_are_constants_of_the_loss():
     from sleepjax.models import SleepLM
     from sleepjax.training.param_groups import freeze_untrainable, is_trainable
     from sleepjax.training.state import TrainState
-    from sleepjax.training.train_step import make_train_step, token_losses, _reduce_answer_loss
+    from sleepjax.training.loss import reduce_answer_loss, token_losses
+    from sleepjax.training.train_step import make_train_step
 
     cfg = tiny_config()
     rc = validate_config(cfg)
@@ -225,7 +226,8 @@ def test_frozen_params_are_constants_of_the_loss():
              "loss_mask": jnp.ones((2, rc.seq_len), jnp.float32)}
 
     def loss(p):
-        return _reduce_answer_loss(*token_losses(model, p, batch), batch["loss_mask"])[0]
+        ce, correct, _ = token_losses(model, p, batch)
+        return reduce_answer_loss(ce, correct, batch["loss_mask"])[0]
 
     full = _flat(jax.grad(loss)(params))
     expected_norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for path, g in full.items()

@@ -1,4 +1,14 @@
-"""Masked next-token cross-entropy (Algorithm 1's MaskedCE)."""
+"""The loss, in one place: masked next-token cross-entropy at answer positions (Algorithm 1's
+MaskedCE), averaged over the batch's answer tokens.
+
+:func:`token_losses` is what training and evaluation compute: for a
+:class:`~sleepjax.models.SleepLM` the forward stops at the hidden states and
+:func:`gathered_token_losses` applies the head and the cross-entropy only at loss positions, in
+rematerialised chunks (no full-sequence logits exist; exact to float rounding). Models without
+that split (the full-attention baseline) go through :func:`full_logits_token_losses`, which is
+also the reference the gathered form is tested against. :func:`reduce_answer_loss` turns
+per-token losses into the loss, the token accuracy and the answer-token count.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +16,64 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from sleepjax.models.blocks import output_logits
+from sleepjax.models.sleep_lm import SleepLM, forward_hidden_and_passes, training_plan
+from sleepjax.parallel.data_parallel import batch_psum
 
 
-def masked_cross_entropy(logits, targets, mask=None):
-    """Mean cross-entropy over positions where ``mask`` is non-zero.
+def reduce_answer_loss(ce, correct, loss_mask):
+    """``(loss, (token_accuracy, answer_tokens))`` from per-token ``ce`` / ``correct`` [B, T].
 
-    Args:
-      logits: ``[B, T, V]`` (any float dtype; computed in float32).
-      targets: ``[B, T]`` int ids, already shifted (``targets[:, i]`` follows ``tokens[:, i]``).
-      mask: ``[B, T]`` weights (bool or float); None = every position.
-
-    Returns a float32 scalar; 0 when the mask is all zero.
+    The loss is the cross-entropy summed over answer tokens (``loss_mask != 0``) divided by
+    their number (0, not NaN, without any). Inside ``data_parallel`` the inputs are one data
+    shard: the sums are local and the divisor is the whole batch's answer-token count, so the
+    shards' losses (and gradients) add up to the whole batch's.
     """
-    if logits.ndim != 3:
-        raise ValueError(f"logits: must be [B, T, V], got shape {tuple(logits.shape)}")
-    if tuple(targets.shape) != tuple(logits.shape[:2]):
-        raise ValueError(f"targets: shape {tuple(targets.shape)} must equal logits' [B, T] "
-                         f"{tuple(logits.shape[:2])}")
-    if mask is not None and tuple(mask.shape) != tuple(targets.shape):
-        raise ValueError(f"mask: shape {tuple(mask.shape)} differs from targets {tuple(targets.shape)}")
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    weights = jnp.ones_like(nll) if mask is None else mask.astype(jnp.float32)
-    return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    mask = loss_mask.astype(jnp.float32)
+    count = jnp.sum(mask)
+    denom = jnp.maximum(batch_psum(count), 1.0)
+    loss = jnp.sum(ce * mask) / denom
+    return loss, (jnp.sum(correct.astype(jnp.float32) * mask) / denom, count)
 
+
+def full_logits_token_losses(logits, targets):
+    """``(ce [B, T] f32, correct [B, T] bool)`` at every position of full ``logits [B, T, V]``."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return ce, jnp.argmax(logits, axis=-1) == targets
+
+
+def _head_params(params):
+    return {k: params[k] for k in ("embed", "head", "final_norm") if k in params}
+
+
+def token_losses(model, params, batch, *, passes=None, plan=None,
+                 chunk_positions: int | None = None):
+    """``(ce [B, T] f32, correct [B, T] bool, sleep_passes [B, W] int32)`` of ``model`` on ``batch``.
+
+    ``ce`` is the cross-entropy of ``batch["targets"]`` and ``correct`` whether the argmax
+    predicts it. For a :class:`SleepLM` both are computed only where ``batch["loss_mask"]`` is
+    non-zero (0 / False elsewhere), from the hidden states, in chunks of ``chunk_positions``
+    positions per row (default: ~128 MiB of float32 logits per chunk); ``passes`` (this step's
+    N, possibly traced) and ``plan`` (default: the training plan) go to the forward, and
+    ``sleep_passes`` holds the passes each row slept per sleeping window. Other models compute
+    the full logits ``[B, T, vocab]`` (every position; ``sleep_passes`` is ``[B, 0]``).
+    """
+    if not isinstance(model, SleepLM):
+        logits = model.apply({"params": params}, batch["inputs"])
+        ce, correct = full_logits_token_losses(logits, batch["targets"])
+        return ce, correct, jnp.zeros((ce.shape[0], 0), jnp.int32)
+    cfg, sleep_cfg = model.model_cfg, model.sleep_cfg
+    plan = training_plan(sleep_cfg) if plan is None else plan
+    h, used = forward_hidden_and_passes(params, batch["inputs"], cfg, sleep_cfg, passes, plan)
+
+    def head(head_params, hc):
+        return output_logits(head_params, hc, cfg)
+
+    ce, correct = gathered_token_losses(head, _head_params(params), h, batch["targets"],
+                                        batch["loss_mask"], chunk_positions)
+    return ce, correct, used
 
 
 # Float32 logits held at once by :func:`gathered_token_losses` (per chunk of positions):
