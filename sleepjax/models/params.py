@@ -202,13 +202,13 @@ def block_layout(kind: str, options: frozenset = frozenset()) -> dict[str, Any]:
     ``options``: the names of the switched-on :data:`ATTENTION_OPTIONS`.
     """
     mixer_name, mixer = MIXERS[kind.upper()]
-    if not kind.isupper():
-        return {"mixer_norm": _norm("d"), mixer_name: mixer}
-    if kind == "A":
+    if kind.upper() == "A":
         mixer = dict(mixer)
         for option, extra in ATTENTION_OPTIONS.items():
             if option in options:
                 mixer.update(extra)
+    if not kind.isupper():
+        return {"mixer_norm": _norm("d"), mixer_name: mixer}
     return {"mixer_norm": _norm("d"), mixer_name: mixer, "mlp_norm": _norm("d"), "mlp": MLP}
 
 

@@ -23,7 +23,7 @@ CONFIGS = {
     "gdn first, untied, V = 2K": ModelConfig(vocab_size=12, d_model=16, layer_pattern="GGA",
                                              attn_heads=2, attn_head_dim=8, gdn_heads=2,
                                              gdn_head_dim=4, gdn_expand_v=2, tie_embeddings=False),
-    "qwen3.5 options, a block without MLP": ModelConfig(vocab_size=12, d_model=16, layer_pattern="GgA", attn_heads=4,
+    "qwen3.5 options, blocks without MLP": ModelConfig(vocab_size=12, d_model=16, layer_pattern="GgAa", attn_heads=4,
                                    attn_kv_heads=2, attn_head_dim=8, attn_output_gate=True,
                                    attn_qk_norm=True, rope_fraction=0.5, zero_centered_norms=True,
                                    gdn_heads=2, gdn_head_dim=4, gdn_value_heads=4,
