@@ -81,3 +81,16 @@ def test_no_import_cycle():
 def test_the_detector_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_only_sleepjax_ops_imports_the_kernel_package():
+    """The model reaches the gated delta rule through ``sleepjax.ops`` only (one API, one place
+    for the grouped-value-head expansion), never through ``pallas_kernels`` modules."""
+    modules = _modules()
+    kernel_imports = {name: sorted(t for t in _edges(name, path, modules)
+                                   if t.split(".")[0] == "pallas_kernels")
+                      for name, path in modules.items() if name.split(".")[0] == "sleepjax"}
+    assert kernel_imports["sleepjax.ops.gated_delta_rule"]          # the detector sees the one home
+    offenders = {name: targets for name, targets in kernel_imports.items()
+                 if targets and not name.startswith("sleepjax.ops")}
+    assert not offenders, f"import the gated delta rule from sleepjax.ops: {offenders}"

@@ -23,11 +23,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-_HIGHEST = jax.lax.Precision.HIGHEST
+from pallas_kernels.gated_delta_rule.chunk_math import HIGHEST
 
 
 def _dot(a, b):
-    return jnp.dot(a, b, precision=_HIGHEST, preferred_element_type=jnp.float32)
+    # 2-D ``dot`` rather than ``chunk_math.mm``'s einsum: what both Pallas backends lower
+    return jnp.dot(a, b, precision=HIGHEST, preferred_element_type=jnp.float32)
 
 
 def _iotas(size):

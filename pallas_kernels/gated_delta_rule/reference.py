@@ -7,9 +7,10 @@ Convention ("decay, then delta", as in flash-linear-attention; fla issue #885):
     o_t = scale * S_t^T q_t
 
 The recurrent scan is the ground truth every other implementation is tested against, and
-the decode path (T = 1). The chunked reference is the WY form of ``chunk_math`` with plain
-autodiff through a rematerialised scan; the fast XLA form (``xla.py``) has a hand-written
-backward and is tested against both.
+the decode path (T = 1). The chunked reference is the chunked form's one forward
+(``chunk_math.chunked_forward``) differentiated by plain autodiff through a rematerialised
+scan; the XLA form (``xla.py``) runs the same forward with a hand-written backward, and is
+tested against both.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.gated_delta_rule.chunk_math import chunk_factors, chunk_inputs, chunk_step, from_chunks
+from pallas_kernels.gated_delta_rule.chunk_math import chunked_forward, group_geometry
 
 
 def recurrent_step(state, q_t, k_t, v_t, g_t, beta_t, scale):
@@ -46,6 +47,9 @@ def gated_delta_rule_recurrent(q, k, v, g, beta, *, initial_state=None, scale):
     """Token-by-token float32 scan; returns ``(o [B,T,H,V] in v's dtype, final_state f32)``."""
     bsz, _, heads, dk = q.shape
     state0 = initial_state_or_zeros(initial_state, bsz, heads, dk, v.shape[-1])
+    if q.shape[1] == 1:   # one token (the streaming decode step): the step itself, no loop
+        final_state, o = recurrent_step(state0, *(x[:, 0] for x in (q, k, v, g, beta)), scale)
+        return o[:, None].astype(v.dtype), final_state
 
     def body(state, xs):
         return recurrent_step(state, *xs, scale)
@@ -55,49 +59,19 @@ def gated_delta_rule_recurrent(q, k, v, g, beta, *, initial_state=None, scale):
     return jnp.moveaxis(o, 0, 1).astype(v.dtype), final_state
 
 
-def scan_chunks_remat(state0, factors, *, segment=None):
-    """Run ``chunk_step`` over axis 0 of every factor (chunk-major), with two-level remat.
-
-    The outer scan walks segments of ``segment`` chunks (default ~sqrt(#chunks)) and keeps
-    only segment-entry states for the backward pass; each segment's chunk states are
-    recomputed when needed. Returns (final_state, outputs stacked over chunks).
-    """
-    num_chunks = factors["w"].shape[0]
-    if segment is None:
-        segment = max(1, math.isqrt(num_chunks))
-    segment = max(1, min(segment, num_chunks))
-    step = jax.checkpoint(chunk_step, prevent_cse=False)
-    if segment == 1 or segment >= num_chunks:
-        return jax.lax.scan(step, state0, factors)
-    num_segments = -(-num_chunks // segment)
-    pad = num_segments * segment - num_chunks
-    if pad:
-        # Zero factors with decay_end = 1 make a chunk an exact no-op on the state.
-        def pad_factor(name, x):
-            fill = 1.0 if name == "decay_end" else 0.0
-            return jnp.concatenate([x, jnp.full((pad,) + x.shape[1:], fill, x.dtype)], axis=0)
-        factors = {name: pad_factor(name, x) for name, x in factors.items()}
-    grouped = jax.tree.map(lambda x: x.reshape((num_segments, segment) + x.shape[1:]), factors)
-
-    @jax.checkpoint
-    def run_segment(state, seg_factors):
-        return jax.lax.scan(step, state, seg_factors)
-
-    final_state, outs = jax.lax.scan(run_segment, state0, grouped)
-    outs = outs.reshape((num_segments * segment,) + outs.shape[2:])[:num_chunks]
-    return final_state, outs
-
-
 def gated_delta_rule_chunked_reference(q, k, v, g, beta, *, initial_state=None, scale,
-                                       chunk_size=64, segment=None):
-    """Chunked WY form differentiated by autodiff (memory-light thanks to two-level remat).
+                                       chunk_size=64, chunks_per_group=None):
+    """The chunked form differentiated by autodiff, memory-light by two-level remat: the scan
+    over groups keeps only the groups' entry states, each group is recomputed when its
+    gradient is needed.
 
-    ``segment``: chunks per rematerialisation segment (default ~sqrt(#chunks)).
+    ``chunks_per_group``: chunks a rematerialised group holds (default ~sqrt(#chunks)).
     """
     bsz, seq, heads, dk = q.shape
-    dv = v.shape[-1]
-    factors = chunk_factors(*chunk_inputs(q, k, v, g, beta, int(chunk_size)), scale=scale)
-    factors = jax.tree.map(lambda x: jnp.moveaxis(x, 2, 0), factors)   # chunk axis first
-    state0 = initial_state_or_zeros(initial_state, bsz, heads, dk, dv)
-    final_state, outs = scan_chunks_remat(state0, factors, segment=segment)
-    return from_chunks(jnp.moveaxis(outs, 0, 2), seq).astype(v.dtype), final_state
+    if chunks_per_group is None:
+        num_chunks, _ = group_geometry(seq, int(chunk_size), 1)
+        chunks_per_group = max(1, math.isqrt(num_chunks))
+    state0 = initial_state_or_zeros(initial_state, bsz, heads, dk, v.shape[-1])
+    outputs, _ = chunked_forward(q, k, v, g, beta, state0, scale=scale, chunk_size=int(chunk_size),
+                                 chunks_per_group=int(chunks_per_group), remat=True)
+    return outputs

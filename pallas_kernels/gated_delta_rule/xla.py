@@ -1,11 +1,10 @@
 """Chunked gated delta rule in XLA with a hand-written backward (``jax.custom_vjp``).
 
-Forward: the state-independent factors of every chunk at once (the WY form of
-``chunk_math``), then one plain ``lax.scan`` over chunks carrying the ``[K, V]`` state and
-emitting each chunk's entry state. Everything is laid out chunk-major ``[N, B, H, C, ...]``
-from the start, so the scan reads its factors without transposes. Residuals for the
-backward: the inputs, the entry states (``N x K x V`` per head) and the chunks' inverses
-``X = (I + A)^{-1}`` (``C`` floats per token and head), as flash-linear-attention keeps.
+Forward: ``chunk_math.chunked_forward``, the chunked form's one forward (each group's
+factors at once, then a plain ``lax.scan`` over its chunks carrying the ``[K, V]`` state),
+emitting each chunk's entry state. Residuals for the backward: the inputs, the entry states
+(``N x K x V`` per head) and the chunks' inverses ``X = (I + A)^{-1}`` (``C`` floats per
+token and head), as flash-linear-attention keeps.
 
 Backward (autodiff through the rematerialised scan re-ran the forward scan twice and
 differentiated every small op of the chunk step and of the blocked inverse):
@@ -25,10 +24,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.gated_delta_rule.chunk_math import pad_time, unit_lower_inverse
+from pallas_kernels.gated_delta_rule.chunk_math import (causal_masks, chunk_factors, chunk_intermediates,
+                                                        chunked_forward, from_grouped_chunks, group_geometry,
+                                                        grouped_chunks, mm)
 from pallas_kernels.gated_delta_rule.reference import gated_delta_rule_recurrent
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 # Chunks whose factors are computed together before the scan walks them: about 512 tokens,
 # so the [C, C] intermediates of a group stay in cache (at T = 4096 the forward and
 # forward+backward ran ~1.5-2x faster than with all chunks at once on the 2-core CPU).
@@ -40,80 +40,13 @@ CPU_CHUNKED_FORWARD_MIN_T = 2048
 FORWARDS = ("auto", "chunked", "recurrent")
 
 
-def _mm(spec, a, b):
-    return jnp.einsum(spec, a, b, precision=_HIGHEST, preferred_element_type=jnp.float32)
-
-
-def group_geometry(seq, chunk, chunks_per_group):
-    """(number of groups, chunks per group): at most ``chunks_per_group`` chunks a group."""
-    num_chunks = max(1, -(-seq // chunk))
-    per_group = max(1, min(chunks_per_group, num_chunks))
-    return -(-num_chunks // per_group), per_group
-
-
-def _grouped_chunks(x, chunk, groups):
-    """``[B, T, H, ...]`` -> float32 ``[NG, G, B, H, C, ...]`` (groups of G chunks of C
-    tokens), zero-padded in time (zero q/k/v/beta and g = 0 are exact no-op steps)."""
-    num_groups, per_group = groups
-    x = pad_time(x.astype(jnp.float32), num_groups * per_group * chunk)
-    bsz, _, heads = x.shape[:3]
-    x = x.reshape((bsz, num_groups, per_group, chunk, heads) + x.shape[3:])
-    return jnp.moveaxis(x, (1, 2, 4), (0, 1, 3))
-
-
-def _from_grouped_chunks(x, seq, dtype):
-    """``[NG, G, B, H, C, ...]`` -> ``[B, T, H, ...]`` in ``dtype``, time padding dropped."""
-    x = jnp.moveaxis(x, (0, 1, 3), (1, 2, 4))
-    bsz, num_groups, per_group, csize, heads = x.shape[:5]
-    return x.reshape((bsz, num_groups * per_group * csize, heads) + x.shape[5:])[:, :seq].astype(dtype)
-
-
-def _masks(csize):
-    rows = jnp.arange(csize)[:, None]
-    cols = jnp.arange(csize)[None, :]
-    return rows >= cols, rows > cols
-
-
-def _pairwise(q, k, g_cum):
-    """Decay matrix D (causal, masked before exp so nothing overflows), K K^T and Q K^T."""
-    causal, _ = _masks(q.shape[-2])
-    diff = g_cum[..., :, None] - g_cum[..., None, :]
-    decay = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
-    return decay, _mm("...ik,...jk->...ij", k, k), _mm("...ik,...jk->...ij", q, k)
-
-
-def _rhs(k, v, beta, gamma):
-    return beta[..., None] * jnp.concatenate([v, gamma[..., None] * k], axis=-1)
-
-
-def _intermediates(q, k, v, g, beta, inverse=None):
-    """What the factors and their backward share: G, D, K K^T, Q K^T, exp(G), X and Y = X R."""
-    g_cum = jnp.cumsum(g, axis=-1)
-    decay, kk, qk = _pairwise(q, k, g_cum)
-    if inverse is None:
-        _, strict = _masks(q.shape[-2])
-        inverse = unit_lower_inverse(jnp.where(strict, beta[..., :, None] * kk * decay, 0.0))
-    gamma = jnp.exp(g_cum)
-    solved = _mm("...ij,...jd->...id", inverse, _rhs(k, v, beta, gamma))
-    return dict(g_cum=g_cum, decay=decay, kk=kk, qk=qk, gamma=gamma, inverse=inverse, solved=solved)
-
-
-def _factors(q, k, v, mid, *, scale):
-    """Chunk factors (see ``chunk_math.chunk_factors``), chunk-major, from ``_intermediates``."""
-    dv = v.shape[-1]
-    g_cum, gamma = mid["g_cum"], mid["gamma"]
-    return dict(w=mid["solved"][..., dv:], u=mid["solved"][..., :dv], q_read=(scale * gamma)[..., None] * q,
-                p=scale * mid["qk"] * mid["decay"], k_end=jnp.exp(g_cum[..., -1:] - g_cum)[..., None] * k,
-                decay_end=gamma[..., -1])
-
-
 def _factors_backward(q, k, v, beta, mid, d, *, scale):
     """Cotangents of q, k, v, g, beta (chunk-major) from those of the factors ``d``."""
-    _, strict = _masks(q.shape[-2])
+    _, strict = causal_masks(q.shape[-2])
     dv = v.shape[-1]
     g_cum, decay, kk, qk, gamma = (mid[name] for name in ("g_cum", "decay", "kk", "qk", "gamma"))
-    d_rhs = _mm("...ji,...jd->...id", mid["inverse"], jnp.concatenate([d["u"], d["w"]], axis=-1))
-    d_a = -jnp.where(strict, _mm("...id,...jd->...ij", d_rhs, mid["solved"]), 0.0)
+    d_rhs = mm("...ji,...jd->...id", mid["inverse"], jnp.concatenate([d["u"], d["w"]], axis=-1))
+    d_a = -jnp.where(strict, mm("...id,...jd->...ij", d_rhs, mid["solved"]), 0.0)
     d_rhs_v, d_rhs_w = d_rhs[..., :dv], d_rhs[..., dv:]
     k_dot_rhs_w = jnp.sum(k * d_rhs_w, axis=-1)
     d_beta = (jnp.sum(v * d_rhs_v, axis=-1) + gamma * k_dot_rhs_w
@@ -125,8 +58,8 @@ def _factors_backward(q, k, v, beta, mid, d, *, scale):
     end_decay = jnp.exp(g_cum[..., -1:] - g_cum)
     d_end_decay = end_decay * jnp.sum(k * d["k_end"], axis=-1)
 
-    d_q = _mm("...ij,...jk->...ik", d_qk, k) + (scale * gamma)[..., None] * d["q_read"]
-    d_k = (_mm("...ij,...ik->...jk", d_qk, q) + _mm("...ij,...jk->...ik", d_kk + jnp.swapaxes(d_kk, -1, -2), k)
+    d_q = mm("...ij,...jk->...ik", d_qk, k) + (scale * gamma)[..., None] * d["q_read"]
+    d_k = (mm("...ij,...ik->...jk", d_qk, q) + mm("...ij,...jk->...ik", d_kk + jnp.swapaxes(d_kk, -1, -2), k)
            + (beta * gamma)[..., None] * d_rhs_w + end_decay[..., None] * d["k_end"])
     d_v = beta[..., None] * d_rhs_v
     # Through G: D_ij = exp(G_i - G_j), gamma = exp(G), exp(G_C - G), exp(G_C).
@@ -138,35 +71,10 @@ def _factors_backward(q, k, v, beta, mid, d, *, scale):
     return d_q, d_k, d_v, d_g, d_beta
 
 
-def _scan_forward(state0, factors, *, keep_states):
-    """Scan over chunks; returns (final_state, outs [N,...,C,V], entry states [N,...,K,V] | None)."""
-
-    def step(state, f):
-        u = f["u"] - _mm("...ck,...kv->...cv", f["w"], state)
-        out = _mm("...ck,...kv->...cv", f["q_read"], state) + _mm("...cj,...jv->...cv", f["p"], u)
-        new_state = f["decay_end"][..., None, None] * state + _mm("...ck,...cv->...kv", f["k_end"], u)
-        return new_state, ((out, state) if keep_states else out)
-
-    final_state, emitted = jax.lax.scan(step, state0, factors)
-    outs, states = emitted if keep_states else (emitted, None)
-    return final_state, outs, states
-
-
 def _forward(cfg, q, k, v, g, beta, h0, *, keep_residuals):
     scale, chunk, chunks_per_group, _ = cfg
-    groups = group_geometry(q.shape[1], chunk, chunks_per_group)
-    inputs = tuple(_grouped_chunks(x, chunk, groups) for x in (q, k, v, g, beta))
-
-    def group_step(state, group_inputs):
-        qc, kc, vc, gc, bc = group_inputs
-        mid = _intermediates(qc, kc, vc, gc, bc)
-        new_state, outs, states = _scan_forward(state, _factors(qc, kc, vc, mid, scale=scale),
-                                                keep_states=keep_residuals)
-        return new_state, ((outs, states, mid["inverse"]) if keep_residuals else outs)
-
-    final_state, emitted = jax.lax.scan(group_step, h0.astype(jnp.float32), inputs)
-    outs, residuals = (emitted[0], emitted[1:]) if keep_residuals else (emitted, None)
-    return (_from_grouped_chunks(outs, q.shape[1], v.dtype), final_state), residuals
+    return chunked_forward(q, k, v, g, beta, h0, scale=scale, chunk_size=chunk,
+                           chunks_per_group=chunks_per_group, keep_residuals=keep_residuals)
 
 
 def primal_form(forward, seq, platform):
@@ -192,9 +100,9 @@ def _gdr_xla_fwd(cfg, q, k, v, g, beta, h0):
 def _back_step(d_state, xs):
     """One chunk of the reverse scan: the cotangent of its entry state, and dU."""
     p, k_end, q_read, w, decay_end, d_out = xs
-    d_u = _mm("...ij,...iv->...jv", p, d_out) + _mm("...ck,...kv->...cv", k_end, d_state)
-    d_entry = (_mm("...ck,...cv->...kv", q_read, d_out) + decay_end[..., None, None] * d_state
-               - _mm("...ck,...cv->...kv", w, d_u))
+    d_u = mm("...ij,...iv->...jv", p, d_out) + mm("...ck,...kv->...cv", k_end, d_state)
+    d_entry = (mm("...ck,...cv->...kv", q_read, d_out) + decay_end[..., None, None] * d_state
+               - mm("...ck,...cv->...kv", w, d_u))
     return d_entry, (d_u, d_state)
 
 
@@ -203,25 +111,25 @@ def _gdr_xla_bwd(cfg, residuals, cotangents):
     q, k, v, g, beta, h0, states, inverses = residuals
     d_o, d_final = cotangents
     groups = group_geometry(q.shape[1], chunk, chunks_per_group)
-    inputs = tuple(_grouped_chunks(x, chunk, groups) for x in (q, k, v, g, beta, d_o))
+    inputs = tuple(grouped_chunks(x, chunk, groups) for x in (q, k, v, g, beta, d_o))
 
     def group_back(d_state, xs):
         qc, kc, vc, gc, bc, d_out, states_g, inverse = xs
-        mid = _intermediates(qc, kc, vc, gc, bc, inverse)
-        f = _factors(qc, kc, vc, mid, scale=scale)
+        mid = chunk_intermediates(qc, kc, vc, gc, bc, inverse)
+        f = chunk_factors(qc, kc, vc, mid, scale=scale)
         scanned = tuple(f[name] for name in ("p", "k_end", "q_read", "w", "decay_end")) + (d_out,)
         d_entry, (d_u, d_exit) = jax.lax.scan(_back_step, d_state, scanned, reverse=True)
-        u = f["u"] - _mm("...ck,...kv->...cv", f["w"], states_g)
-        d_factors = dict(w=-_mm("...cv,...kv->...ck", d_u, states_g), u=d_u,
-                         q_read=_mm("...cv,...kv->...ck", d_out, states_g),
-                         p=_mm("...iv,...jv->...ij", d_out, u), k_end=_mm("...cv,...kv->...ck", u, d_exit),
+        u = f["u"] - mm("...ck,...kv->...cv", f["w"], states_g)
+        d_factors = dict(w=-mm("...cv,...kv->...ck", d_u, states_g), u=d_u,
+                         q_read=mm("...cv,...kv->...ck", d_out, states_g),
+                         p=mm("...iv,...jv->...ij", d_out, u), k_end=mm("...cv,...kv->...ck", u, d_exit),
                          decay_end=jnp.sum(states_g * d_exit, axis=(-2, -1)))
         return d_entry, _factors_backward(qc, kc, vc, bc, mid, d_factors, scale=scale)
 
     d_h0, grads = jax.lax.scan(group_back, d_final.astype(jnp.float32), inputs + (states, inverses),
                                reverse=True)
     seq = q.shape[1]
-    return (*(_from_grouped_chunks(x, seq, ref.dtype) for x, ref in zip(grads, (q, k, v, g, beta))),
+    return (*(from_grouped_chunks(x, seq, ref.dtype) for x, ref in zip(grads, (q, k, v, g, beta))),
             d_h0.astype(h0.dtype))
 
 

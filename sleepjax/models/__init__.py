@@ -7,7 +7,7 @@ Public surface: :class:`ModelConfig`, :class:`SleepConfig`, :class:`SleepLM`, :f
 
 Parameter tree (float32 leaves; every kernel is ``[in, out]``; ``H*D`` dims are head-major so
 heads can be sharded along the out dim of wq/wk/wv/wg and the in dim of wo). Each parameter's
-shape, initialiser and logical axes are declared once, in the layout tables of
+shape, initialiser, logical axes and optimiser group are declared once, in the layout tables of
 :mod:`sleepjax.models.params`; the table at the end of this docstring is generated from them.
 
 Initialisation: truncated normal with std 1/sqrt(fan_in) for projections, the residual
@@ -28,7 +28,8 @@ with fewer key/value heads (``attn_kv_heads``), an output gate ``o * sigmoid(x w
 (``gdn_value_heads``), a value head dim of its own (``gdn_value_head_dim``) and its own output
 norm eps (``gdn_norm_eps``).
 
-Parameters (path, shape, logical axes: see :mod:`sleepjax.parallel.logical_axes`):
+Parameters (path, shape, logical axes: see :mod:`sleepjax.parallel.logical_axes`, optimiser
+group: see :mod:`sleepjax.training.optimizer`):
 
 """
 

@@ -18,7 +18,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.gated_delta_rule.reference import recurrent_step
 from sleepjax.models.config import ModelConfig
 from sleepjax.models.layers import compute_dtype, dense, rms_norm
 from sleepjax.ops import gated_delta_rule
@@ -100,8 +99,8 @@ def gated_deltanet(p, x, cache: GDNCache | None, position, cfg: ModelConfig):
       p: ``gdn`` params (layout in :mod:`sleepjax.models`).
       x: normalised input ``[B, T, d]``.
       cache: a :class:`GDNCache` (None: S = 0 at a window start). With a conv history and
-        ``T == 1`` this is the streaming step: S is updated directly by the reference recurrence
-        (no scan of length 1); otherwise the parallel form ``impl = cfg.gdn_impl``.
+        ``T == 1`` this is the streaming step, which runs the op's ``"recurrent"`` form (one
+        step); otherwise the op runs ``impl = cfg.gdn_impl``.
       position: unused (the mixer has no positions); kept so every mixer has one signature.
     """
     del position
@@ -118,16 +117,11 @@ def gated_deltanet(p, x, cache: GDNCache | None, position, cfg: ModelConfig):
     q = _l2_normalize(jax.nn.silu(convolved["q"]).reshape(bsz, seq, h, dk))
     k = _l2_normalize(jax.nn.silu(convolved["k"]).reshape(bsz, seq, h, dk))
     v = jax.nn.silu(convolved["v"]).reshape(bsz, seq, hv, dv)
-    if cache.conv is not None and seq == 1:
-        # grouped value heads: the one-token step takes one key per matrix (the op repeats
-        # keys itself, see pallas_kernels.gated_delta_rule.api)
-        q1, k1 = (jnp.repeat(a[:, 0], hv // h, axis=1) for a in (q, k))
-        state, o = recurrent_step(cache.fast_weights, q1, k1, v[:, 0], g[:, 0], beta[:, 0],
-                                  dk ** -0.5)
-        o = o[:, None].astype(v.dtype)
-    else:
-        o, state = gated_delta_rule(q, k, v, g, beta, initial_state=cache.fast_weights,
-                                    chunk_size=cfg.gdn_chunk_size, impl=cfg.gdn_impl)
+    # The streaming step (a conv history and one token) takes the token recurrence: one step,
+    # no chunk padding (every form computes the same function).
+    impl = "recurrent" if cache.conv is not None and seq == 1 else cfg.gdn_impl
+    o, state = gated_delta_rule(q, k, v, g, beta, initial_state=cache.fast_weights,
+                                chunk_size=cfg.gdn_chunk_size, impl=impl)
     o = rms_norm(o.astype(dt), p["out_norm"]["scale"], cfg.gdn_out_norm_eps)
     o = o * jax.nn.silu(gate.reshape(bsz, seq, hv, dv))
     return dense(o.reshape(bsz, seq, hv * dv), p["wo"], dt), GDNCache(state, history)

@@ -1,4 +1,5 @@
-"""The parameter layout of the LM, declared once: name, shape, initialiser and logical axes.
+"""The parameter layout of the LM, declared once: name, shape, initialiser, logical axes and
+optimiser group.
 
 Every parameter is one :class:`Param` in the layout tables below; from them come
 
@@ -6,12 +7,19 @@ Every parameter is one :class:`Param` in the layout tables below; from them come
   call), so the computation in :mod:`sleepjax.models.layers` / :mod:`sleepjax.models.sleep_lm`
   reads a plain dict of arrays,
 * the partition rules (:data:`PARAM_RULES`, used by :mod:`sleepjax.parallel.state_shardings`),
+* the optimiser's partition into Muon and AdamW (:func:`param_at`, read by
+  :mod:`sleepjax.training.optimizer`),
+* the checkpoint loaders' tensor shapes (:func:`sizes`, read by :mod:`sleepjax.pretrained`),
 * the documented parameter table (:func:`param_table`, appended to ``sleepjax.models``' docstring).
 
 Logical axes name each dim of a parameter (MaxText style); :mod:`sleepjax.parallel.logical_axes`
 maps them to mesh axes: ``embed`` (d_model, FSDP-sharded), ``heads`` (a head-major ``H*D``
 packing or ``H``), ``mlp`` (SwiGLU hidden), ``vocab``; ``None`` = never split. Kernels are
 ``[in, out]``: q/k/v/gate projections are column-parallel, output projections row-parallel.
+
+Optimiser groups (McLeish et al., whom the paper follows): Muon for every hidden weight
+matrix (the projections inside the blocks), AdamW for the rest: the embedding, the LM head,
+norm scales, the short-convolution kernels and the decay parameters ``A_log``, ``dt_bias``.
 """
 
 from __future__ import annotations
@@ -62,6 +70,11 @@ def _dt_bias_init(key, shape, dtype=jnp.float32, dt_min=1e-3, dt_max=0.1, dt_flo
     return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
 
 
+# Optimiser groups a parameter can declare (training.optimizer builds one transform for each).
+MUON = "muon"
+ADAMW = "adamw"
+OPTIMIZER_GROUPS = (MUON, ADAMW)
+
 # Sizes, by the symbols parameter shapes are written in (and the parameter table shows).
 SIZES: dict[str, Callable[[ModelConfig], int]] = {
     "d": lambda c: c.d_model,
@@ -78,15 +91,22 @@ SIZES: dict[str, Callable[[ModelConfig], int]] = {
 }
 
 
+def sizes(cfg: ModelConfig) -> dict[str, int]:
+    """Every symbol of :data:`SIZES` -> its size under ``cfg``."""
+    return {symbol: size(cfg) for symbol, size in SIZES.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Param:
-    """One parameter: its dims (symbols of :data:`SIZES`), the logical axis of each dim, and
-    its initialiser given the config."""
+    """One parameter: its dims (symbols of :data:`SIZES`), the logical axis of each dim, its
+    initialiser given the config, and its optimiser group (:data:`OPTIMIZER_GROUPS`; Muon
+    only for matrices)."""
 
     dims: tuple[str, ...]
     axes: tuple[str | None, ...]
     init: Callable[[ModelConfig], Callable]
     note: str = ""
+    optimizer: str = dataclasses.field(kw_only=True)
 
     def __post_init__(self):
         unknown = [d for d in self.dims if d not in SIZES]
@@ -95,18 +115,23 @@ class Param:
         if len(self.axes) != len(self.dims):
             raise ValueError(f"Param: {len(self.axes)} logical axes {self.axes} for the "
                              f"{len(self.dims)} dims {self.dims}")
+        if self.optimizer not in OPTIMIZER_GROUPS:
+            raise ValueError(f"Param: optimizer must be one of {OPTIMIZER_GROUPS}, got {self.optimizer!r}")
+        if self.optimizer == MUON and len(self.dims) != 2:
+            raise ValueError(f"Param: Muon orthogonalises matrices; dims {self.dims} are not 2-D")
 
     def shape(self, cfg: ModelConfig) -> tuple[int, ...]:
         return tuple(SIZES[d](cfg) for d in self.dims)
 
 
-def _projection(fan_in: str, fan_out: str, axes, note="", residual=False) -> Param:
-    """A dense kernel ``[fan_in, fan_out]``; ``residual``: an out-projection into the stream."""
+def _projection(fan_in: str, fan_out: str, axes, note="", residual=False, optimizer=MUON) -> Param:
+    """A dense kernel ``[fan_in, fan_out]``, by default a hidden matrix (Muon); ``residual``:
+    an out-projection into the stream."""
     if residual:
         init = lambda c: _residual_out(SIZES[fan_in](c), c.num_layers)  # noqa: E731
     else:
         init = lambda c: _fan_in(SIZES[fan_in](c))                       # noqa: E731
-    return Param((fan_in, fan_out), tuple(axes), init, note)
+    return Param((fan_in, fan_out), tuple(axes), init, note, optimizer=optimizer)
 
 
 def _norm(dim: str, note="", zero_centered_switch=True) -> dict[str, Param]:
@@ -116,7 +141,7 @@ def _norm(dim: str, note="", zero_centered_switch=True) -> dict[str, Param]:
         zero = zero_centered_switch and c.zero_centered_norms
         return nn.initializers.zeros if zero else nn.initializers.ones
     # norm scales are small and read by every shard: replicated
-    return {"scale": Param((dim,), (None,), init, note)}
+    return {"scale": Param((dim,), (None,), init, note, optimizer=ADAMW)}
 
 
 _COLUMN, _ROW = ("embed", "heads"), ("heads", "embed")
@@ -143,11 +168,13 @@ GATED_DELTANET: dict[str, Any] = {
     "wb": _projection("d", "Hv", _COLUMN, "write strength beta"),
     "wg": _projection("d", "Hv*V", _COLUMN, "output gate"),
     "wo": _projection("Hv*V", "d", _ROW, residual=True),
-    "conv_q": Param(("conv_size", "Hg*K"), (None, "heads"), _CONV_INIT, "depthwise causal short conv"),
-    "conv_k": Param(("conv_size", "Hg*K"), (None, "heads"), _CONV_INIT),
-    "conv_v": Param(("conv_size", "Hv*V"), (None, "heads"), _CONV_INIT),
-    "A_log": Param(("Hv",), ("heads",), lambda c: _a_log_init, "g = -exp(A_log) softplus(x wa + dt_bias)"),
-    "dt_bias": Param(("Hv",), ("heads",), lambda c: _dt_bias_init),
+    "conv_q": Param(("conv_size", "Hg*K"), (None, "heads"), _CONV_INIT, "depthwise causal short conv",
+                    optimizer=ADAMW),
+    "conv_k": Param(("conv_size", "Hg*K"), (None, "heads"), _CONV_INIT, optimizer=ADAMW),
+    "conv_v": Param(("conv_size", "Hv*V"), (None, "heads"), _CONV_INIT, optimizer=ADAMW),
+    "A_log": Param(("Hv",), ("heads",), lambda c: _a_log_init, "g = -exp(A_log) softplus(x wa + dt_bias)",
+                   optimizer=ADAMW),
+    "dt_bias": Param(("Hv",), ("heads",), lambda c: _dt_bias_init, optimizer=ADAMW),
     "out_norm": _norm("V", "gated RMSNorm, shared by heads; never zero-centred",
                       zero_centered_switch=False),
 }
@@ -163,8 +190,9 @@ MIXERS: dict[str, tuple[str, dict[str, Any]]] = {"A": ("attn", ATTENTION), "G": 
 
 EMBED = {"embedding": Param(("vocab", "d"), ("vocab", "embed"),
                             lambda c: _trunc_normal(1.0 / math.sqrt(c.d_model)),
-                            "also the head when tie_embeddings")}
-HEAD = {"kernel": _projection("d", "vocab", ("embed", "vocab"), "only when not tie_embeddings")}
+                            "also the head when tie_embeddings", optimizer=ADAMW)}
+HEAD = {"kernel": _projection("d", "vocab", ("embed", "vocab"), "only when not tie_embeddings",
+                              optimizer=ADAMW)}
 
 
 def block_layout(kind: str, options: frozenset = frozenset()) -> dict[str, Any]:
@@ -174,13 +202,13 @@ def block_layout(kind: str, options: frozenset = frozenset()) -> dict[str, Any]:
     ``options``: the names of the switched-on :data:`ATTENTION_OPTIONS`.
     """
     mixer_name, mixer = MIXERS[kind.upper()]
-    if not kind.isupper():
-        return {"mixer_norm": _norm("d"), mixer_name: mixer}
-    if kind == "A":
+    if kind.upper() == "A":
         mixer = dict(mixer)
         for option, extra in ATTENTION_OPTIONS.items():
             if option in options:
                 mixer.update(extra)
+    if not kind.isupper():
+        return {"mixer_norm": _norm("d"), mixer_name: mixer}
     return {"mixer_norm": _norm("d"), mixer_name: mixer, "mlp_norm": _norm("d"), "mlp": MLP}
 
 
@@ -231,6 +259,10 @@ def declare_lm_params(cfg: ModelConfig, pattern: str | None = None):
         ParamGroup(group, cfg, name=name)()
 
 
+def _template(path: str) -> str:
+    return re.sub(r"^blocks_\d+/", "blocks_{i}/", path)
+
+
 def _param_templates() -> dict[str, Param]:
     """``blocks_{i}/...`` path template -> Param, over every parameter any config can have
     (blocks of every kind with every option, an untied head)."""
@@ -238,14 +270,26 @@ def _param_templates() -> dict[str, Param]:
     every_option = frozenset(ATTENTION_OPTIONS)
     for path, param in flatten_layout(lm_layout("".join(MIXERS), tie_embeddings=False,
                                                 options=every_option)):
-        template = re.sub(r"^blocks_\d+/", "blocks_{i}/", path)
-        if templates.setdefault(template, param).axes != param.axes:
-            raise ValueError(f"{template}: declared with logical axes {templates[template].axes} "
-                             f"in one block kind and {param.axes} in another")
+        template = _template(path)
+        seen = templates.setdefault(template, param)
+        if (seen.axes, seen.optimizer) != (param.axes, param.optimizer):
+            raise ValueError(f"{template}: declared with logical axes {seen.axes} and optimizer "
+                             f"{seen.optimizer!r} in one block kind and {param.axes}, "
+                             f"{param.optimizer!r} in another")
     return templates
 
 
 PARAM_TEMPLATES: dict[str, Param] = _param_templates()
+
+
+def param_at(path: str) -> Param:
+    """The declaration of the parameter at the '/'-joined ``path`` of a parameter tree
+    (``blocks_3/gdn/wq``); ValueError naming the path if the layout has none there."""
+    try:
+        return PARAM_TEMPLATES[_template(path)]
+    except KeyError:
+        raise ValueError(f"{path}: no parameter of the layout (sleepjax.models.params) has this "
+                         f"path; known: {sorted(PARAM_TEMPLATES)}") from None
 
 # Ordered (regex on the '/'-joined leaf path -> logical axes) rules, first hit wins; read by
 # ``sleepjax.parallel.state_shardings``. A suffix match, so optimiser moments
@@ -257,9 +301,9 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = tuple(
 
 
 def param_table() -> str:
-    """The parameter tree as a text table: path, shape, logical axes, note."""
-    rows = [(t, "[" + ", ".join(p.dims) + "]", "(" + ", ".join(map(str, p.axes)) + ")", p.note)
+    """The parameter tree as a text table: path, shape, logical axes, optimiser group, note."""
+    rows = [(t, "[" + ", ".join(p.dims) + "]", "(" + ", ".join(map(str, p.axes)) + ")", p.optimizer, p.note)
             for t, p in PARAM_TEMPLATES.items()]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"    {t:<{widths[0]}}  {s:<{widths[1]}}  {a:<{widths[2]}}  {n}".rstrip()
-                     for t, s, a, n in rows)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(f"    {t:<{widths[0]}}  {s:<{widths[1]}}  {a:<{widths[2]}}  {o:<{widths[3]}}  {n}".rstrip()
+                     for t, s, a, o, n in rows)

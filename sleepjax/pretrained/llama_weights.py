@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from sleepjax.models import ModelConfig
+from sleepjax.models.params import sizes
 
 PREFIX = "model."
 # non-persistent buffers some older checkpoints still store
@@ -39,12 +40,13 @@ def _attn_names(cfg: ModelConfig) -> tuple[str, ...]:
 
 def expected_shapes(cfg: ModelConfig, prefix: str = PREFIX) -> dict[str, tuple[int, ...]]:
     """Every checkpoint tensor of ``cfg`` -> its stored (torch) shape."""
-    d, H, Hkv, D, F = cfg.d_model, cfg.attn_heads, cfg.kv_heads, cfg.attn_head_dim, cfg.mlp_hidden_dim
-    shapes = {f"{prefix}embed_tokens.weight": (cfg.vocab_size, d), f"{prefix}norm.weight": (d,)}
+    n = sizes(cfg)   # the layout's dim symbols (sleepjax.models.params.SIZES)
+    d, F = n["d"], n["F"]
+    shapes = {f"{prefix}embed_tokens.weight": (n["vocab"], d), f"{prefix}norm.weight": (d,)}
     if not cfg.tie_embeddings:
-        shapes["lm_head.weight"] = (cfg.vocab_size, d)
-    attn = {"q_proj": (H * D, d), "k_proj": (Hkv * D, d), "v_proj": (Hkv * D, d),
-            "o_proj": (d, H * D), "q_norm": (D,), "k_norm": (D,)}
+        shapes["lm_head.weight"] = (n["vocab"], d)
+    attn = {"q_proj": (n["Ha*Da"], d), "k_proj": (n["Hkv*Da"], d), "v_proj": (n["Hkv*Da"], d),
+            "o_proj": (d, n["Ha*Da"]), "q_norm": (n["Da"],), "k_norm": (n["Da"],)}
     for i, kind in enumerate(cfg.layer_pattern):
         if kind != "A":
             raise ValueError(f"model.layer_pattern={cfg.layer_pattern!r}: Llama-style checkpoints "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from sleepjax.models import ModelConfig
+from sleepjax.models.params import sizes
 
 # Tensors of a conditional-generation checkpoint that are not part of the text model.
 IGNORED_PREFIXES = ("model.visual.", "mtp.", "model.mtp.")
@@ -38,19 +39,13 @@ def text_prefix(names) -> str:
                      f"{[p + 'embed_tokens.weight' for p in TEXT_PREFIXES]})")
 
 
-def _dims(cfg: ModelConfig) -> dict[str, int]:
-    return dict(d=cfg.d_model, H=cfg.attn_heads, Hkv=cfg.kv_heads, D=cfg.attn_head_dim,
-                Hk=cfg.gdn_heads, K=cfg.gdn_head_dim, Hv=cfg.gdn_num_value_heads,
-                V=cfg.gdn_value_dim, W=cfg.conv_size, F=cfg.mlp_hidden_dim)
-
-
 def expected_shapes(cfg: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:
     """Every checkpoint tensor of the text model ``cfg`` -> its stored (torch) shape."""
-    n = _dims(cfg)
+    n = sizes(cfg)   # the layout's dim symbols (sleepjax.models.params.SIZES)
     d = n["d"]
-    shapes = {f"{prefix}embed_tokens.weight": (cfg.vocab_size, d), f"{prefix}norm.weight": (d,)}
+    shapes = {f"{prefix}embed_tokens.weight": (n["vocab"], d), f"{prefix}norm.weight": (d,)}
     if not cfg.tie_embeddings:
-        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+        shapes["lm_head.weight"] = (n["vocab"], d)
     for i, kind in enumerate(cfg.layer_pattern):
         p = f"{prefix}layers.{i}."
         shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
@@ -58,32 +53,32 @@ def expected_shapes(cfg: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]
                        p + "mlp.down_proj.weight": (d, n["F"])})
         if kind == "A":
             a = p + "self_attn."
-            shapes.update({a + "q_proj.weight": (n["H"] * 2 * n["D"], d),
-                           a + "k_proj.weight": (n["Hkv"] * n["D"], d),
-                           a + "v_proj.weight": (n["Hkv"] * n["D"], d),
-                           a + "o_proj.weight": (d, n["H"] * n["D"]),
-                           a + "q_norm.weight": (n["D"],), a + "k_norm.weight": (n["D"],)})
+            shapes.update({a + "q_proj.weight": (2 * n["Ha*Da"], d),        # query | gate
+                           a + "k_proj.weight": (n["Hkv*Da"], d),
+                           a + "v_proj.weight": (n["Hkv*Da"], d),
+                           a + "o_proj.weight": (d, n["Ha*Da"]),
+                           a + "q_norm.weight": (n["Da"],), a + "k_norm.weight": (n["Da"],)})
         else:
             g = p + "linear_attn."
-            channels = 2 * n["Hk"] * n["K"] + n["Hv"] * n["V"]
+            channels = 2 * n["Hg*K"] + n["Hv*V"]                             # q | k | v
             shapes.update({g + "in_proj_qkv.weight": (channels, d),
-                           g + "in_proj_z.weight": (n["Hv"] * n["V"], d),
+                           g + "in_proj_z.weight": (n["Hv*V"], d),
                            g + "in_proj_a.weight": (n["Hv"], d), g + "in_proj_b.weight": (n["Hv"], d),
-                           g + "conv1d.weight": (channels, 1, n["W"]),
+                           g + "conv1d.weight": (channels, 1, n["conv_size"]),
                            g + "A_log": (n["Hv"],), g + "dt_bias": (n["Hv"],),
-                           g + "norm.weight": (n["V"],), g + "out_proj.weight": (d, n["Hv"] * n["V"])})
+                           g + "norm.weight": (n["V"],), g + "out_proj.weight": (d, n["Hv*V"])})
     return shapes
 
 
 def _qkv_split(cfg: ModelConfig) -> list[int]:
-    n = _dims(cfg)
-    return [n["Hk"] * n["K"], 2 * n["Hk"] * n["K"]]   # np.split points of q | k | v
+    key_channels = sizes(cfg)["Hg*K"]
+    return [key_channels, 2 * key_channels]   # np.split points of q | k | v
 
 
 def params_from_hf(t: dict[str, np.ndarray], cfg: ModelConfig, prefix: str) -> dict:
     """The nested parameter dict of ``cfg`` from checkpoint tensors ``t`` (already checked
     against :func:`expected_shapes`)."""
-    n = _dims(cfg)
+    n = sizes(cfg)
     params: dict = {"embed": {"embedding": t[f"{prefix}embed_tokens.weight"]}}
     for i, kind in enumerate(cfg.layer_pattern):
         p = f"{prefix}layers.{i}."
@@ -93,7 +88,7 @@ def params_from_hf(t: dict[str, np.ndarray], cfg: ModelConfig, prefix: str) -> d
                          "w_down": t[p + "mlp.down_proj.weight"].T}}
         if kind == "A":
             a = p + "self_attn."
-            q_and_gate = t[a + "q_proj.weight"].reshape(n["H"], 2, n["D"], n["d"])
+            q_and_gate = t[a + "q_proj.weight"].reshape(-1, 2, n["Da"], n["d"])   # per head
             block["attn"] = {
                 "wq": q_and_gate[:, 0].reshape(-1, n["d"]).T, "wg": q_and_gate[:, 1].reshape(-1, n["d"]).T,
                 "wk": t[a + "k_proj.weight"].T, "wv": t[a + "v_proj.weight"].T, "wo": t[a + "o_proj.weight"].T,
@@ -117,7 +112,7 @@ def params_from_hf(t: dict[str, np.ndarray], cfg: ModelConfig, prefix: str) -> d
 
 def hf_from_params(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """The inverse of :func:`params_from_hf`: ``Qwen3_5ForCausalLM`` tensor names -> arrays."""
-    n = _dims(cfg)
+    n = sizes(cfg)
     t = {"model.embed_tokens.weight": params["embed"]["embedding"]}
     for i, kind in enumerate(cfg.layer_pattern):
         b, p = params[f"blocks_{i}"], f"model.layers.{i}."
@@ -127,7 +122,7 @@ def hf_from_params(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
                   p + "mlp.down_proj.weight": b["mlp"]["w_down"].T})
         if kind == "A":
             m, a = b["attn"], p + "self_attn."
-            per_head = [m[w].T.reshape(n["H"], n["D"], n["d"]) for w in ("wq", "wg")]
+            per_head = [m[w].T.reshape(-1, n["Da"], n["d"]) for w in ("wq", "wg")]
             t.update({a + "q_proj.weight": np.stack(per_head, axis=1).reshape(-1, n["d"]),
                       a + "k_proj.weight": m["wk"].T, a + "v_proj.weight": m["wv"].T,
                       a + "o_proj.weight": m["wo"].T,

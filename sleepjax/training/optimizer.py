@@ -1,9 +1,11 @@
 """The paper's optimiser: Muon for hidden weight matrices, AdamW for the rest.
 
-Following McLeish et al. (whom the paper follows), the Muon group holds every hidden 2-D
-weight matrix; embeddings, the LM head, norm scales, biases, the short-convolution kernels and
-the Gated DeltaNet decay parameters (``A_log``, ``dt_bias``) go to AdamW. The global gradient
-norm is clipped first, and both learning rates follow one warmup-stable-decay multiplier.
+Which group a parameter belongs to is declared with it (``Param.optimizer`` in
+:mod:`sleepjax.models.params`, following McLeish et al., whom the paper follows: Muon for the
+hidden 2-D weight matrices; embeddings, the LM head, norm scales, the short-convolution
+kernels and the Gated DeltaNet decay parameters go to AdamW); this module reads the
+declarations. The global gradient norm is clipped first, and both learning rates follow one
+warmup-stable-decay multiplier.
 """
 
 from __future__ import annotations
@@ -14,50 +16,24 @@ import jax
 import optax
 from optax import contrib as optax_contrib
 
+from sleepjax.models.params import ADAMW, MUON, param_at
+from sleepjax.parallel.logical_axes import path_to_str
 from sleepjax.training.config import OptimConfig
 from sleepjax.training.param_groups import FROZEN, TRAINABLE, trainable_labels
 
-MUON = "muon"
-ADAMW = "adamw"
-
-# Path components that mark a parameter as not a hidden matrix: the input embedding and the
-# LM head (exact names), anything inside a short convolution or a norm (substrings), and
-# the non-matrix leaves.
-_ADAMW_MODULES = ("embed", "head")
-_ADAMW_MODULE_TAGS = ("conv", "norm")
-_ADAMW_LEAVES = ("A_log", "dt_bias", "bias", "scale", "embedding")
-
-
-def _path_names(path) -> tuple[str, ...]:
-    names = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                names.append(str(getattr(entry, attr)))
-                break
-        else:
-            names.append(str(entry))
-    return tuple(names)
-
-
-def label_for(path_names: tuple[str, ...], ndim: int) -> str:
-    """``"muon"`` for a hidden 2-D weight matrix, ``"adamw"`` for anything else."""
-    if ndim != 2:
-        return ADAMW
-    if path_names and path_names[-1] in _ADAMW_LEAVES:
-        return ADAMW
-    if any(name in _ADAMW_MODULES for name in path_names):
-        return ADAMW
-    lowered = [name.lower() for name in path_names]
-    if any(tag in name for name in lowered for tag in _ADAMW_MODULE_TAGS):
-        return ADAMW
-    return MUON
+def _declared_group(path: str, leaf) -> str:
+    param = param_at(path)
+    if len(leaf.shape) != len(param.dims):
+        raise ValueError(f"{path}: shape {tuple(leaf.shape)} does not have the declared dims "
+                         f"{list(param.dims)}")
+    return param.optimizer
 
 
 def param_labels(params) -> Any:
-    """A pytree like ``params`` whose leaves are ``"muon"`` or ``"adamw"`` (see :func:`label_for`)."""
+    """A pytree like ``params`` whose leaves are the optimiser group (``"muon"`` or
+    ``"adamw"``) each parameter declares; ValueError for a leaf the layout does not declare."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: label_for(_path_names(path), len(leaf.shape)), params)
+        lambda path, leaf: _declared_group(path_to_str(path), leaf), params)
 
 
 def warmup_stable_decay(peak: float, total_steps: int, warmup_fraction: float,
@@ -97,8 +73,8 @@ def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransf
         return warmup_stable_decay(peak, total_steps, optim.warmup_fraction,
                                    optim.decay_fraction, optim.min_lr_ratio)
 
-    # Every leaf handed to this Muon is 2-D (the labels guarantee it), so its built-in
-    # Adam fallback for non-matrix leaves stays empty.
+    # Every leaf handed to this Muon is 2-D (``Param`` declares Muon for matrices only), so its
+    # built-in Adam fallback for non-matrix leaves stays empty.
     muon = optax_contrib.muon(
         learning_rate=schedule(optim.muon_lr), ns_steps=optim.muon_ns_steps, beta=optim.muon_beta,
         weight_decay=optim.weight_decay)

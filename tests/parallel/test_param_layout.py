@@ -12,8 +12,8 @@ import pytest
 import sleepjax.models
 from sleepjax.models.baseline import FullAttentionLM
 from sleepjax.models.config import ModelConfig, SleepConfig
-from sleepjax.models.params import (PARAM_RULES, PARAM_TEMPLATES, Param, flatten_layout, layout_options,
-                                    lm_layout)
+from sleepjax.models.params import (ADAMW, MUON, PARAM_RULES, PARAM_TEMPLATES, Param, flatten_layout,
+                                    layout_options, lm_layout)
 from sleepjax.models.sleep_lm import SleepLM
 from sleepjax.parallel.logical_axes import LOGICAL_AXIS_RULES, logical_axes_for, path_to_str
 
@@ -23,7 +23,7 @@ CONFIGS = {
     "gdn first, untied, V = 2K": ModelConfig(vocab_size=12, d_model=16, layer_pattern="GGA",
                                              attn_heads=2, attn_head_dim=8, gdn_heads=2,
                                              gdn_head_dim=4, gdn_expand_v=2, tie_embeddings=False),
-    "qwen3.5 options, a block without MLP": ModelConfig(vocab_size=12, d_model=16, layer_pattern="GgA", attn_heads=4,
+    "qwen3.5 options, blocks without MLP": ModelConfig(vocab_size=12, d_model=16, layer_pattern="GgAa", attn_heads=4,
                                    attn_kv_heads=2, attn_head_dim=8, attn_output_gate=True,
                                    attn_qk_norm=True, rope_fraction=0.5, zero_centered_norms=True,
                                    gdn_heads=2, gdn_head_dim=4, gdn_value_heads=4,
@@ -72,9 +72,9 @@ def test_non_parameters_are_replicated_and_a_rank_mismatch_is_refused():
     assert logical_axes_for("step", PARAM_RULES) == ()
     assert logical_axes_for("opt_state/0/count", PARAM_RULES) == ()
     with pytest.raises(ValueError, match="logical axes"):
-        Param(("d", "F"), ("embed",), lambda cfg: jnp.zeros)
+        Param(("d", "F"), ("embed",), lambda cfg: jnp.zeros, optimizer=MUON)
     with pytest.raises(ValueError, match="unknown dim"):
-        Param(("width",), ("embed",), lambda cfg: jnp.zeros)
+        Param(("width",), ("embed",), lambda cfg: jnp.zeros, optimizer=ADAMW)
 
 
 def test_documented_table_lists_every_declaration():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from sleepjax.models import SleepLM
+from sleepjax.models.params import PARAM_TEMPLATES, Param
 from sleepjax.training.config import OptimConfig, validate_config
-from sleepjax.training.optimizer import (ADAMW, MUON, label_for, make_optimizer, param_labels,
-                                         warmup_stable_decay)
+from sleepjax.training.optimizer import ADAMW, MUON, make_optimizer, param_labels, warmup_stable_decay
 from sleepjax.parallel.logical_axes import path_to_str
 
 from support.training import tiny_config
@@ -24,10 +24,17 @@ def _abstract_params(**overrides):
 
 
 def _expected(path: str, ndim: int) -> str:
+    """The paper's rule, stated on paths: hidden 2-D matrices are Muon's."""
     leaf = path.split("/")[-1]
     hidden = ndim == 2 and not path.startswith(("embed", "head")) and "conv" not in leaf \
         and "norm" not in path
     return MUON if hidden else ADAMW
+
+
+def test_every_declared_group_follows_the_rule():
+    """Every parameter any config can have (all block kinds and options, an untied head)."""
+    for template, param in PARAM_TEMPLATES.items():
+        assert param.optimizer == _expected(template, len(param.dims)), template
 
 
 def test_every_param_gets_exactly_the_intended_label():
@@ -41,7 +48,7 @@ def test_every_param_gets_exactly_the_intended_label():
     muon = sorted(p for p, l in flat_labels.items() if l == MUON)
     # The hidden matrices of both block kinds are in the Muon group ...
     for name in ("blocks_0/attn/wq", "blocks_0/attn/wo", "blocks_0/mlp/w_up", "blocks_1/gdn/wq",
-                 "blocks_1/gdn/wo", "blocks_1/mlp/w_down"):
+                 "blocks_1/gdn/wo", "blocks_1/gdn/wa", "blocks_1/mlp/w_down"):
         assert name in muon, (name, muon)
     # ... and the embedding, head, convolutions, norms and decay parameters are not.
     for name in ("embed/embedding", "head/kernel", "blocks_1/gdn/conv_q", "blocks_1/gdn/A_log",
@@ -49,12 +56,15 @@ def test_every_param_gets_exactly_the_intended_label():
         assert flat_labels[name] == ADAMW, name
 
 
-def test_label_rule_on_synthetic_paths():
-    assert label_for(("blocks_3", "mlp", "w_gate"), 2) == MUON
-    assert label_for(("blocks_3", "mlp", "w_gate"), 3) == ADAMW      # Muon is for matrices
-    assert label_for(("embed", "embedding"), 2) == ADAMW
-    assert label_for(("blocks_0", "gdn", "out_norm", "scale"), 1) == ADAMW
-    assert label_for(("blocks_0", "attn", "bias"), 2) == ADAMW
+def test_undeclared_or_misshapen_parameters_are_refused():
+    with pytest.raises(ValueError, match="blocks_0/attn/bias: no parameter of the layout"):
+        param_labels({"blocks_0": {"attn": {"bias": jnp.zeros((4, 4))}}})
+    with pytest.raises(ValueError, match=r"blocks_3/mlp/w_gate: shape \(2, 4, 4\) does not have"):
+        param_labels({"blocks_3": {"mlp": {"w_gate": jnp.zeros((2, 4, 4))}}})
+    with pytest.raises(ValueError, match="Muon orthogonalises matrices"):
+        Param(("d",), (None,), lambda cfg: jnp.zeros, optimizer=MUON)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        Param(("d",), (None,), lambda cfg: jnp.zeros, optimizer="sgd")
 
 
 def test_muon_update_is_orthogonalised_and_adamw_is_not():
