@@ -20,7 +20,7 @@ from bench_gdr import make_inputs as speed_inputs
 from pallas_kernels.gated_delta_rule.pallas import gated_delta_rule_pallas
 from sleepjax.ops import gated_delta_rule
 from support.ops import (PALLAS_CASES, TOLERANCES, cotangents_for, errors_vs_reference, forward_and_vjp,
-                         make_inputs, over_tolerance, recurrent_reference)
+                         forward_only, make_inputs, over_tolerance, recurrent_reference, rel_rms)
 
 # (B, T, H, K, V, chunk, dtype): the Pallas tests' shapes at B = 1, H = 4 and the large shape
 # with bfloat16 inputs (the state is float32 in every implementation). A quick typical case runs
@@ -68,28 +68,36 @@ def run_kernels(dry_run, rec, progress):
         shape = f"B={bsz} T={seq} H={heads} K={dk} V={dv} chunk={chunk} {dtype_name}"
         try:
             args = make_inputs(seq + dk + 7, bsz, seq, heads, dk, dv, dtype=dtype)
-            d_o, d_state = cotangents_for(args)
-            reference = jax.device_get(recurrent_reference(args, d_o, d_state))
+            cotangents = cotangents_for(args)
+            reference = jax.device_get(recurrent_reference(args, *cotangents))
         except Exception as err:   # the reference itself failed (e.g. out of memory): say so, go on
             progress(f"kernels {shape}: recurrent reference FAILED: {describe_error(err)}")
             rec.set("cases", shape, "recurrent reference", {"error": describe_error(err)})
             continue
-        tol_out, tol_grad = TOLERANCES[dtype_name]
         for name, (impl, op) in KERNELS.items():
             started = time.perf_counter()
             try:
-                result = jax.device_get(forward_and_vjp(impl, chunk, op)(args, d_o, d_state))
-                errors = errors_vs_reference(result, reference)
-                bad = over_tolerance(errors, tol_out, tol_grad)
-                finite = all_finite(result)
-                entry = {"errors": errors, "tolerance": [tol_out, tol_grad], "finite": finite,
-                         "passed": finite and not bad, "seconds": time.perf_counter() - started}
-                progress(f"kernels {name} {shape}: {'ok' if entry['passed'] else 'OFF TOLERANCE'} "
-                         f"(max error {max(errors.values()):.2e}; {entry['seconds']:.1f} s incl. compile)")
+                entry = check_kernel(impl, op, chunk, args, cotangents, reference, TOLERANCES[dtype_name])
+                entry["seconds"] = time.perf_counter() - started
+                progress(f"kernels {name} {shape}: {'ok' if entry['passed'] else 'OFF TOLERANCE'} (max error "
+                         f"{max(entry['errors'].values()):.2e}; {entry['seconds']:.1f} s incl. compile)")
             except Exception as err:
                 entry = {"error": describe_error(err), "passed": False}
                 progress(f"kernels {name} {shape}: FAILED: {entry['error'][:500]}")
             rec.set("cases", shape, name, entry)
+
+
+def check_kernel(impl, op, chunk, args, cotangents, reference, tolerances):
+    """Errors of one implementation against the reference: differentiated (outputs, state, six
+    gradients) and not (outputs and state of the inference path)."""
+    result = jax.device_get(forward_and_vjp(impl, chunk, op)(args, *cotangents))
+    errors = errors_vs_reference(result, reference)
+    inference = jax.device_get(forward_only(impl, chunk, op)(args))
+    errors.update({f"{out}_forward_only": rel_rms(x, x_ref)
+                   for out, x, x_ref in zip(("o", "final_state"), inference, reference)})
+    finite = all_finite((result, inference))
+    bad = over_tolerance(errors, *tolerances)
+    return {"errors": errors, "tolerance": list(tolerances), "finite": finite, "passed": finite and not bad}
 
 
 def torch_sides(on_gpu, progress):

@@ -4,7 +4,8 @@ JAX here: the parent process never touches the device)."""
 from __future__ import annotations
 
 GIB = 2 ** 30
-ERROR_NAMES = ("o", "final_state", "dq", "dk", "dv", "dg", "dbeta", "dinitial_state")
+ERROR_NAMES = ("o", "final_state", "dq", "dk", "dv", "dg", "dbeta", "dinitial_state", "o_forward_only",
+               "final_state_forward_only")
 SPEED_BASE = "sleepjax chunked"
 
 
@@ -41,7 +42,7 @@ def kernels_section(res):
     lines = ["## 1. Kernels on the device: relative RMS error vs the recurrent reference", "",
              "Reference: the token recurrence in float32 at highest matmul precision on the same (upcast) "
              "inputs, the same random cotangents; the tolerances are the CPU tests' (outputs and state / "
-             "gradients).", "",
+             "gradients). `*_forward_only`: the same call not differentiated (the inference path).", "",
              "| kernel | shape | " + " | ".join(ERROR_NAMES) + " | tolerance | result | s |",
              "|---|---|" + "---|" * (len(ERROR_NAMES) + 3)]
     passed = True
