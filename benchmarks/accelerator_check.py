@@ -113,7 +113,7 @@ def run_unit(section, cases, dry_run, out_path):
 
 
 def spawn(section, cases, dry_run, out_path, timeout):
-    """Run a unit in its own process group; returns (status, seconds, stderr tail)."""
+    """Run a unit in its own process group; returns (status, seconds, last lines of its output)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # JAX would otherwise take 75% of the GPU at start, leaving torch (section 2) little room;
     # peak memory is read from the allocator's own statistics either way.
@@ -123,16 +123,18 @@ def spawn(section, cases, dry_run, out_path, timeout):
     cmd = [sys.executable, os.path.abspath(__file__), "--unit", section, "--cases", cases,
            "--unit-out", out_path] + (["--dry-run"] if dry_run else [])
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    # Everything the unit prints goes to the parent's stderr: stdout is the report's alone.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     tail = collections.deque(maxlen=30)
 
-    def forward_stderr():
-        for line in proc.stderr:
+    def forward_output():
+        for line in proc.stdout:
             sys.stderr.write(line)
             sys.stderr.flush()
             tail.append(line.rstrip())
 
-    reader = threading.Thread(target=forward_stderr, daemon=True)
+    reader = threading.Thread(target=forward_output, daemon=True)
     reader.start()
     try:
         rc = proc.wait(timeout=timeout)
