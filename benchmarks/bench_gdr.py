@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import statistics
 import sys
 import time
@@ -64,33 +65,49 @@ def build_jax(impl, mode, chunk_size):
 
 
 def load_peer(threads):
-    """transformers' torch chunked gated delta rule, or None when torch/transformers are missing."""
+    """transformers' torch chunked gated delta rule, or None when torch/transformers are missing.
+
+    transformers wraps it to call flash-linear-attention's kernel instead whenever ``fla`` is
+    importable; the peer is the torch form itself, so the wrapper is taken off."""
     try:
         import torch
         from transformers.models.qwen3_5 import modeling_qwen3_5
     except ImportError:
         return None
     torch.set_num_threads(threads)
-    return torch, modeling_qwen3_5.torch_chunk_gated_delta_rule
+    return torch, inspect.unwrap(modeling_qwen3_5.torch_chunk_gated_delta_rule)
 
 
-def build_peer(peer, mode, arrays, chunk_size):
+def build_peer(peer, mode, arrays, chunk_size, device="cpu"):
     torch, chunk_rule = peer
-    tensors = [torch.from_numpy(np.ascontiguousarray(x)) for x in arrays]
 
     def forward(args):
         return chunk_rule(*args[:5], chunk_size=chunk_size, initial_state=args[5], output_final_state=True)
 
+    return build_torch_side(torch, forward, mode, arrays, device)
+
+
+def build_torch_side(torch, forward, mode, arrays, device="cpu"):
+    """A call of a torch gated delta rule ``forward([q, k, v, g, beta, h0]) -> (o, state)`` on
+    ``device``, forward only or forward+backward (the loss of ``build_jax``); each call waits
+    for the device."""
+    tensors = [torch.from_numpy(np.asarray(x, np.float32)).to(device=device, dtype=getattr(torch, x.dtype.name))
+               for x in arrays]
+    wait = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
     if mode == "fwd":
         def run():
             with torch.no_grad():
-                return forward(tensors)
+                out = forward(tensors)
+            wait()
+            return out
         return run
 
     def run():
         args = [x.detach().requires_grad_(True) for x in tensors]
         o, state = forward(args)
-        ((o ** 2).sum() + (state ** 2).sum()).backward()
+        ((o.float() ** 2).sum() + (state ** 2).sum()).backward()
+        wait()
         return [a.grad for a in args]
     return run
 

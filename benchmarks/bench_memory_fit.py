@@ -49,7 +49,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from machine_info import machine_description  # noqa: E402  (benchmarks/, beside this script)
 from sleepjax.models import (ModelConfig, SleepConfig, SleepLM, forward_sequence,  # noqa: E402
                              init_params)
-from sleepjax.training.optimizer import ADAMW, MUON, param_labels  # noqa: E402
 from sleepjax.training.loss import (full_logits_token_losses, reduce_answer_loss,  # noqa: E402
                                    token_losses)
 
@@ -69,38 +68,40 @@ QWEN35_08B = dict(vocab_size=248320, d_model=1024, attn_heads=8, attn_head_dim=2
 SHAPE_NOTE = ["attn_kv_heads=2", "gdn_value_heads=16", "attn_output_gate", "attn_qk_norm"]
 
 
-def model_config(layers: int, dtype: str) -> tuple[ModelConfig, list[str]]:
+def model_config(layers: int, dtype: str, shape=QWEN35_08B) -> tuple[ModelConfig, list[str]]:
+    """``layers`` blocks "GGGA" x layers/4 of ``shape``'s widths (another shape: the accelerator
+    check's dry run at toy size)."""
     pattern = "GGGA" * (layers // 4)
-    return ModelConfig(layer_pattern=pattern, dtype=dtype, **QWEN35_08B), SHAPE_NOTE
+    return ModelConfig(layer_pattern=pattern, dtype=dtype, **shape), SHAPE_NOTE
 
 
-def batch_specs(bsz):
-    ids = jax.ShapeDtypeStruct((bsz, SEQ), jnp.int32)
-    return {"inputs": ids, "targets": ids, "loss_mask": jax.ShapeDtypeStruct((bsz, SEQ), jnp.float32)}
+def batch_specs(bsz, seq=SEQ):
+    ids = jax.ShapeDtypeStruct((bsz, seq), jnp.int32)
+    return {"inputs": ids, "targets": ids, "loss_mask": jax.ShapeDtypeStruct((bsz, seq), jnp.float32)}
 
 
-def real_batch(bsz, vocab):
+def real_batch(bsz, vocab, seq=SEQ):
     rng = np.random.RandomState(0)
-    mask = np.zeros((bsz, SEQ), np.float32)
+    mask = np.zeros((bsz, seq), np.float32)
     mask[:, -ANSWER_TOKENS:] = 1.0
-    return {"inputs": jnp.asarray(rng.randint(0, vocab, (bsz, SEQ)), jnp.int32),
-            "targets": jnp.asarray(rng.randint(0, vocab, (bsz, SEQ)), jnp.int32),
+    return {"inputs": jnp.asarray(rng.randint(0, vocab, (bsz, seq)), jnp.int32),
+            "targets": jnp.asarray(rng.randint(0, vocab, (bsz, seq)), jnp.int32),
             "loss_mask": jnp.asarray(mask)}
 
 
 _COMPILED = {}
 
 
-def compiled_grad(layers, window, passes, full, bsz, dtype="bfloat16"):
+def compiled_grad(layers, window, passes, full, bsz, dtype="bfloat16", shape=QWEN35_08B, seq=SEQ):
     """``(compiled loss + gradient, temp bytes, compile seconds)``; cached per arguments."""
-    key = (layers, window, passes, full, bsz, dtype)
+    key = (layers, window, passes, full, bsz, dtype, tuple(sorted(shape.items())), seq)
     if key not in _COMPILED:
-        _COMPILED[key] = _compile_grad(*key)
+        _COMPILED[key] = _compile_grad(layers, window, passes, full, bsz, dtype, shape, seq)
     return _COMPILED[key]
 
 
-def _compile_grad(layers, window, passes, full, bsz, dtype):
-    model_cfg, _ = model_config(layers, dtype)
+def _compile_grad(layers, window, passes, full, bsz, dtype, shape, seq):
+    model_cfg, _ = model_config(layers, dtype, shape)
     model = SleepLM(model_cfg, SleepConfig(window=window, passes=passes, eviction="hard"))
     params = jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0)))
 
@@ -113,13 +114,15 @@ def _compile_grad(layers, window, passes, full, bsz, dtype):
         return reduce_answer_loss(ce, correct, batch["loss_mask"])[0]
 
     started = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(loss)).lower(params, batch_specs(bsz)).compile()
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(params, batch_specs(bsz, seq)).compile()
     mem = compiled.memory_analysis()
     return compiled, mem.temp_size_in_bytes, time.perf_counter() - started
 
 
 def state_bytes(layers=24):
     """Parameters, and optimizer moments (Muon: 1 per hidden matrix, AdamW: 2), in elements."""
+    from sleepjax.training.optimizer import ADAMW, MUON, param_labels  # needs ml_collections
+
     model_cfg, _ = model_config(layers, "float32")
     params = jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0)))
     labels = param_labels(params)
@@ -129,19 +132,22 @@ def state_bytes(layers=24):
     return sizes
 
 
-def timed_steps(compiled, layers, dtype, steps=2):
-    model_cfg, _ = model_config(layers, dtype)
+def timed_steps(compiled, layers, dtype, steps=2, shape=QWEN35_08B, seq=SEQ):
+    """Tokens/s of the best of ``steps`` calls of an already compiled batch-1 step."""
+    model_cfg, _ = model_config(layers, dtype, shape)
     params = init_params(model_cfg, jax.random.PRNGKey(0))
-    batch = real_batch(1, model_cfg.vocab_size)
+    batch = real_batch(1, model_cfg.vocab_size, seq)
     times = []
     for _ in range(steps):
         started = time.perf_counter()
         jax.block_until_ready(compiled(params, batch))
         times.append(time.perf_counter() - started)
-    return SEQ / min(times)   # already compiled: the best of the steps
+    return seq / min(times)   # already compiled: the best of the steps
 
 
 def main():
+    from sleepjax.training.optimizer import ADAMW, MUON  # needs ml_collections (not the check's sections)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="L=2000, N=1 and 4, no timing")
     parser.add_argument("--verify-depth", action="store_true",

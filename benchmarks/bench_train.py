@@ -109,10 +109,11 @@ def build_case(variant, passes, batch_size, gdn_impl):
                 head_waste=head_waste)
 
 
-def matmul_runner(rows, inner, cols):
+def matmul_runner(rows, inner, cols, dtype=jnp.float32):
+    """(a call of a ``[rows, inner] x [inner, cols]`` matmul in ``dtype``, its FLOPs)."""
     rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.standard_normal((rows, inner), np.float32))
-    b = jnp.asarray(rng.standard_normal((inner, cols), np.float32))
+    a = jnp.asarray(rng.standard_normal((rows, inner), np.float32), dtype)
+    b = jnp.asarray(rng.standard_normal((inner, cols), np.float32), dtype)
     compiled = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
     return (lambda: jax.block_until_ready(compiled(a, b))), 2.0 * rows * inner * cols
 

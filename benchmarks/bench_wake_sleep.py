@@ -152,6 +152,17 @@ def report_prefill(cfg, window, repeats, n_windows=8):
               f"(min {feed_min / pre_min:5.2f})")
 
 
+def bench_config(quick):
+    """(model, window L, far context in windows, repeats, training-memory sizes) of the benchmark."""
+    if quick:
+        cfg = ModelConfig(vocab_size=64, d_model=64, attn_heads=2, attn_head_dim=32, gdn_heads=2,
+                          gdn_head_dim=32, gdn_chunk_size=16)
+        return cfg, 16, 64, 30, dict(window=12, seq_len=50, batch=2)
+    cfg = ModelConfig(vocab_size=256, d_model=256, attn_heads=4, attn_head_dim=64, gdn_heads=4,
+                      gdn_head_dim=64, gdn_chunk_size=64)
+    return cfg, 64, 64, 100, dict(window=24, seq_len=100, batch=8)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
@@ -159,16 +170,7 @@ def main():
                         help="skip [3] (each gradient compile takes minutes on a small CPU)")
     parser.add_argument("--prefill-only", action="store_true", help="run only [4]")
     args = parser.parse_args()
-    if args.quick:
-        cfg = ModelConfig(vocab_size=64, d_model=64, attn_heads=2, attn_head_dim=32, gdn_heads=2,
-                          gdn_head_dim=32, gdn_chunk_size=16)
-        window, far, repeats = 16, 64, 30
-        mem = dict(window=12, seq_len=50, batch=2)
-    else:
-        cfg = ModelConfig(vocab_size=256, d_model=256, attn_heads=4, attn_head_dim=64, gdn_heads=4,
-                          gdn_head_dim=64, gdn_chunk_size=64)
-        window, far, repeats = 64, 64, 100
-        mem = dict(window=24, seq_len=100, batch=8)
+    cfg, window, far, repeats, mem = bench_config(args.quick)
     print(f"devices: {jax.devices()}  model: d={cfg.d_model} pattern={cfg.layer_pattern} "
           f"gdn_impl={cfg.gdn_impl} window L={window}")
 

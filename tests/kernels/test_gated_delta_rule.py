@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from support.ops import ARG_NAMES, compare_to_recurrent, cotangents, make_inputs, rel_rms
+from support.ops import ARG_NAMES, TOLERANCES, compare_to_recurrent, cotangents, make_inputs, rel_rms
 from pallas_kernels.gated_delta_rule import xla
 from pallas_kernels.gated_delta_rule.chunk_math import unit_lower_inverse
 from sleepjax.ops import gated_delta_rule
@@ -34,8 +34,7 @@ GRID_CASES = [
 ]
 BF16_CASES = [(63, 32, 16, 16), (257, 64, 32, 64)]
 
-F32_TOL_OUT, F32_TOL_GRAD = 2e-5, 1e-4
-BF16_TOL_OUT, BF16_TOL_GRAD = 1e-2, 1.5e-2
+(F32_TOL_OUT, F32_TOL_GRAD), (BF16_TOL_OUT, BF16_TOL_GRAD) = TOLERANCES["float32"], TOLERANCES["bfloat16"]
 
 
 @pytest.mark.parametrize("seq,dk,dv,chunk", GRID_CASES)

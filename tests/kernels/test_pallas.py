@@ -26,22 +26,14 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from support.ops import ARG_NAMES, compare_to_recurrent, cotangents, make_inputs, rel_rms
+from support.ops import ARG_NAMES, PALLAS_CASES, TOLERANCES, compare_to_recurrent, cotangents, make_inputs, rel_rms
 from pallas_kernels.gated_delta_rule.pallas import gated_delta_rule_pallas, kernel_geometry
 from sleepjax.ops import gated_delta_rule
 
-F32_TOL_OUT, F32_TOL_GRAD = 2e-5, 1e-4
-BF16_TOL_OUT, BF16_TOL_GRAD = 1e-2, 1.5e-2
+(F32_TOL_OUT, F32_TOL_GRAD), (BF16_TOL_OUT, BF16_TOL_GRAD) = TOLERANCES["float32"], TOLERANCES["bfloat16"]
 
 
-# (T, K, V, chunk, dtype)
-@pytest.mark.parametrize("seq,dk,dv,chunk,dtype", [
-    (1, 16, 16, 16, jnp.float32),
-    (63, 16, 32, 16, jnp.float32),
-    (100, 32, 16, 32, jnp.float32),
-    (257, 64, 64, 64, jnp.float32),
-    (63, 32, 16, 16, jnp.bfloat16),
-])
+@pytest.mark.parametrize("seq,dk,dv,chunk,dtype", PALLAS_CASES)
 def test_pallas_matches_recurrent(seq, dk, dv, chunk, dtype):
     args = make_inputs(seq + dk + 7, 1, seq, 4, dk, dv, dtype=dtype)
     tol = (F32_TOL_OUT, F32_TOL_GRAD) if dtype == jnp.float32 else (BF16_TOL_OUT, BF16_TOL_GRAD)
