@@ -6,7 +6,7 @@ Used by the ``gsm`` task when ``task.gsm_infinite_files`` names files (else our 
 what to store while it reads; then the problem text; then an answer prompt and the answer. The
 solution's chain of thought is dropped: the answer must come out of the one prediction pass::
 
-    Question: <question>\n\n<problem>\n\nAnswer: <answer><pad>..
+    Question: <question>\\n\\n<problem>\\n\\nAnswer: <answer><pad>..
 
 Only the answer's tokens carry loss; their difficulty is the row's ``op``.
 
