@@ -10,7 +10,10 @@ Published GSM-Infinite rows instead of the generator (``sleepjax.data.gsm_infini
 ``--config.task.gsm_infinite_files=train/*.jsonl`` (optionally ``gsm_infinite_test_files``,
 else a hash split) and ``--config.task.tokenizer_path=<checkpoint>/tokenizer.json`` (else a
 word vocabulary fitted on the files). The paper's problems have 2000-3300 tokens: raise
-``task.seq_len`` to fit them (longer rows are skipped and counted, never truncated).
+``task.seq_len`` to fit them (longer rows are skipped and counted, never truncated). Each record
+starts at its question, so rows whose prompt is too short for the question to leave the window
+before the answer's (at most ``task.window`` tokens) are skipped and counted too
+(``experiments/README.md``, "GSM-Infinite rows: the layout").
 """
 
 from sleepjax import data

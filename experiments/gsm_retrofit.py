@@ -16,14 +16,26 @@ Nothing is downloaded. Variants:
   L = 2000. The paper uses Ouro-1.4B (looped LM, custom code); the recipe is written for a
   24-block **Llama / Qwen3-style** checkpoint (``sleepjax.pretrained`` loads both): the new
   blocks sit at 2, 7, 12, 17, 22, 27 of the 30-block result.
-* ``ouro_sliding_warmup`` then ``ouro_sliding``: sliding eviction, L = 512. Stage 1 trains
+* ``ouro_sliding_warmup`` then ``ouro_sliding``: sliding eviction, L = 512, at the hard-eviction
+  recipes' T = 3328 (the paper's rows have 2000-3300 tokens, 4-6.5 windows). Stage 1 trains
   only the inserted GDN blocks for one epoch **under hard eviction** (the paper: without it
   the new layers do not learn to refine the fast weights); stage 2 starts from stage 1's run
   (``--config.init.from_run=<stage-1 workdir>``, no insertion: the blocks are in its
   parameters) and trains the full model for two epochs with sliding eviction.
 * ``tiny``: the ``jet`` recipe at toy size, for CI (``tests/training/test_gsm_retrofit.py``
   builds a tiny random Qwen3.5 with transformers and a GSM-Infinite fixture): a 4-block hybrid,
-  loop 1..2, L = 64, T = 128.
+  loop 1..2, L = 64, T = 128 (the fixture's 2-4-op prompts have 79-121 tokens: one sleeping
+  window holding the question, like L = 2000 for the paper's 2000-3300-token rows).
+
+Data layout (``sleepjax.data.gsm_infinite``): each record starts at its question and is
+right-padded, so the question and the first L tokens of the problem sleep and the prediction
+window holds the rest and the answer. Rows are never truncated: rows longer than T + 1 tokens,
+rows too short for the question to leave the window before the answer's (here P <= L prompt
+tokens) and rows whose answer straddles a window boundary are skipped, counted and logged.
+With L = 2000 and P prompt tokens, 2000 / P of the prompt is evicted when the answer is
+predicted (61-100 % over 2001-3300 tokens); with sliding L = 512, (P - 512) / P (74-84 %).
+#ops: the paper samples U[1, 8]; the published rows start at 2 ops, so training uses 2..8 and
+evaluation the paper's {2, 4, 6, 8}.
 
 Optimiser as in the paper's GSM runs: Muon lr 1e-3 (not tuned), AdamW lr 5e-5, batch 256
 sequences (lower ``train.batch_size`` to fit; ``benchmarks/bench_memory_fit.py`` estimates what
@@ -59,7 +71,8 @@ REQUIRED_PATHS = {
 SOURCE_LAYERS = {"tiny": 4, "jet": 24, "ouro": 24, "ouro_sliding_warmup": 24, "ouro_sliding": 30}
 
 OURO_INSERTED = (2, 7, 12, 17, 22, 27)      # six GDN blocks spread over the 30-block result
-GSM_OPS = dict(min_ops=2, max_ops=20, eval_ops=(2, 4, 6, 8))
+GSM_OPS = dict(min_ops=2, max_ops=8, eval_ops=(2, 4, 6, 8))    # paper: U[1, 8]; rows start at 2
+PAPER_SEQ_LEN = 3328       # the paper's rows have 2000-3300 tokens; longer ones are skipped
 
 
 def _paper_optim(cfg, steps, batch_size=256):
@@ -72,30 +85,30 @@ def get_config(arg: str | None = None):
     variant = common.parse_variant(arg, VARIANTS, default="tiny")
     cfg = base_config()
     if variant == "tiny":
-        cfg.task = data.task_config("gsm", seq_len=128, window=64, min_ops=1, max_ops=4,
-                                    eval_ops=(1, 2, 3, 4), num_test=64)
+        cfg.task = data.task_config("gsm", seq_len=128, window=64, min_ops=2, max_ops=4,
+                                    eval_ops=(2, 3, 4), num_test=64)
         cfg.sleep.update(passes=2, loop_range=(1, 2), eviction="hard")
         cfg.model.update(gdn_impl="chunked", gdn_chunk_size=16)
         cfg.optim.update(muon_lr=2e-2, adam_lr=3e-3, warmup_fraction=0.05, decay_fraction=0.2)
         cfg.train.update(steps=40, batch_size=8, log_every=5, eval_every=10, eval_examples=32,
                          eval_batch_size=16, checkpoint_every=20)
     elif variant == "jet":
-        cfg.task = data.task_config("gsm", seq_len=3328, window=2000, **GSM_OPS)
+        cfg.task = data.task_config("gsm", seq_len=PAPER_SEQ_LEN, window=2000, **GSM_OPS)
         cfg.sleep.update(passes=2, loop_range=(6, 18), eviction="hard")
         _paper_optim(cfg, steps=700)
     elif variant == "ouro":
-        cfg.task = data.task_config("gsm", seq_len=3328, window=2000, **GSM_OPS)
+        cfg.task = data.task_config("gsm", seq_len=PAPER_SEQ_LEN, window=2000, **GSM_OPS)
         cfg.init.insert_gdn_at = OURO_INSERTED
         cfg.sleep.update(passes=2, eviction="hard")
         _paper_optim(cfg, steps=1000)
     elif variant == "ouro_sliding_warmup":
-        cfg.task = data.task_config("gsm", seq_len=2048, window=512, **GSM_OPS)
+        cfg.task = data.task_config("gsm", seq_len=PAPER_SEQ_LEN, window=512, **GSM_OPS)
         cfg.init.insert_gdn_at = OURO_INSERTED
         cfg.sleep.update(passes=2, eviction="hard")            # hard eviction while warming up
         cfg.optim.trainable = ("blocks_(" + "|".join(map(str, OURO_INSERTED)) + ")",)
         _paper_optim(cfg, steps=200)                           # ~1 epoch of the paper's data
     else:  # ouro_sliding: stage 2, the full model from stage 1's run
-        cfg.task = data.task_config("gsm", seq_len=2048, window=512, **GSM_OPS)
+        cfg.task = data.task_config("gsm", seq_len=PAPER_SEQ_LEN, window=512, **GSM_OPS)
         cfg.sleep.update(passes=2, eviction="sliding")
         _paper_optim(cfg, steps=400)                           # ~2 epochs
     if variant != "tiny":

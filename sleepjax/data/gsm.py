@@ -24,7 +24,9 @@ after ``answer :`` at the very end (left padding takes up what the sentences lea
 The answer's digits form one answer (one ``answer_id``) whose positions carry the difficulty.
 
 With ``gsm_infinite_files`` set, the task reads the published GSM-Infinite rows instead
-(:mod:`sleepjax.data.gsm_infinite`, same record layout); the generator stays the default.
+(:mod:`sleepjax.data.gsm_infinite`: the same order of question, facts and answer, but rows of
+varying length, right-padded so that windows start at the question); the generator stays the
+default.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from sleepjax.data.tokenizers import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 # Tried in order when the tokenizer.json configures no padding: the usual names of a padding or
-# end-of-text token (the padding sits before the question and carries no loss).
+# end-of-text token (the padding follows the answer and carries no loss).
 PAD_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>", "<|endoftext|>",
                   "</s>", "<eos>", "<|im_end|>", "<|end_of_text|>")
 WORD_PAD = "<pad>"

@@ -216,7 +216,7 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     (default: this job's device count) lets a config be checked for another machine.
     """
     from sleepjax import data
-    from sleepjax.data.layout import check_answers_in_prediction_window
+    from sleepjax.data.layout import check_window_layout
 
     if not isinstance(cfg, (ml_collections.ConfigDict, Mapping)):
         raise ValueError(f"config: expected an ml_collections.ConfigDict, got {type(cfg).__name__}")
@@ -264,8 +264,10 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
     if sleep.window > seq_len:
         raise ValueError(f"sleep.window: must be <= the task's sequence length {seq_len} "
                          f"(got {sleep.window})")
-    # Algorithm 1: answer windows get one pass, so no answer may sit in a window that sleeps.
-    check_answers_in_prediction_window(data.make_source(task_cfg, "test", train.seed), sleep.window)
+    # Algorithm 1: an answer's window gets one pass and the windows before it consolidate, so
+    # no record may have its answers across windows or its question outside a sleeping window.
+    check_window_layout(source, sleep.window)
+    check_window_layout(data.make_source(task_cfg, "test", train.seed), sleep.window)
 
     mesh_cfg = cfg["mesh"]
     mesh_shape = validate_mesh_config(mesh_cfg, num_devices=num_devices)

@@ -14,7 +14,7 @@ import sleepjax.data as data
 from sleepjax.data import gsm_infinite
 from sleepjax.data.gsm import GsmSource
 from sleepjax.data.gsm_infinite_rows import parse_answer
-from sleepjax.data.layout import check_answers_in_prediction_window
+from sleepjax.data.layout import check_window_layout
 from support.data import check_record_contract
 from support.gsm_infinite import published_row, write_jsonl, write_tokenizer
 from support.training import REPO
@@ -30,8 +30,9 @@ def files(tmp_path):
 
 
 def config(rows_path, tokenizer_path="", **overrides):
+    # L = 48: every fixture prompt (58-121 tokens) has its question in a window that sleeps
     values = dict(gsm_infinite_files=rows_path, tokenizer_path=tokenizer_path, seq_len=240,
-                  window=64, min_ops=1, max_ops=4, eval_ops=(1, 2, 3, 4))
+                  window=48, min_ops=1, max_ops=4, eval_ops=(1, 2, 3, 4))
     return data.task_config("gsm", **{**values, **overrides})
 
 
@@ -57,7 +58,10 @@ def test_question_first_no_chain_of_thought_answer_is_the_only_loss(files):
             check_record_contract(source, record, num_answers=1)
             row = row_of(example.identity)
             seen.append((split, row["id"]))
-            content = record["inputs"][record["inputs"] != source.tokenizer.pad_id]
+            length = np.flatnonzero(record["loss_mask"])[-1] + 2     # the answer ends the row
+            content = np.append(record["inputs"], record["targets"][-1])[:length]
+            assert source.tokenizer.pad_id not in content             # padding only follows it
+            assert (record["inputs"][length:] == source.tokenizer.pad_id).all()
             question = hf.encode("Question: " + row["question"], add_special_tokens=False).ids
             np.testing.assert_array_equal(content[:len(question)], question)   # question first
             problem = hf.encode(row["problem"], add_special_tokens=False).ids
@@ -65,8 +69,8 @@ def test_question_first_no_chain_of_thought_answer_is_the_only_loss(files):
                                           problem)
             assert not solution_only & set(content.tolist())       # no chain of thought
             on_answer = np.flatnonzero(record["loss_mask"])
-            # The answer tokens end the record and are exactly the loss positions.
-            assert on_answer[-1] == source.seq_len - 1
+            # The answer tokens end the row and are exactly the loss positions.
+            assert on_answer[-1] == content.size - 2
             answer = str(row["solution"].split("Answer: ")[1].rstrip("."))
             assert hf.decode(record["targets"][on_answer].tolist()) == answer
             assert hf.decode(record["inputs"][on_answer[0] - 1:on_answer[0] + 1].tolist()) \
@@ -95,7 +99,7 @@ def test_separate_test_files_op_filter_and_fitted_word_tokenizer(files, tmp_path
     test_path = write_jsonl(tmp_path / "test.jsonl", [published_row(i) for i in range(8, 14)])
     cfg = config(rows_path, gsm_infinite_test_files=test_path, eval_ops=(2, 4))
     train, test = (data.make_source(cfg, s, 0) for s in data.SPLITS)
-    assert len(train) == 8 and train.skipped == {"ops": 0, "too_long": 0}
+    assert len(train) == 8 and train.skipped == dict.fromkeys(gsm_infinite.SKIP_REASONS, 0)
     assert len(test) == 3 and test.skipped["ops"] == 3 and test.eval_difficulties == (2, 4)
     # No tokenizer: a word vocabulary fitted on both file lists, numbers spelled in digits.
     assert isinstance(test.tokenizer, gsm_infinite.FittedWordTokenizer)
@@ -118,8 +122,7 @@ def test_rows_longer_than_seq_len_are_skipped_and_counted_never_truncated(files)
     rows_path, tokenizer_path = files
     full = [data.make_source(config(rows_path, tokenizer_path, seq_len=200), s, 0)
             for s in data.SPLITS]
-    used = [np.count_nonzero(s[i]["inputs"] != s.tokenizer.pad_id) + 1
-            for s in full for i in range(len(s))]
+    used = [np.flatnonzero(s[i]["loss_mask"])[-1] + 2 for s in full for i in range(len(s))]
     cut = sorted(used)[4]
     short = [data.make_source(config(rows_path, tokenizer_path, seq_len=cut - 1, window=16), s, 0)
              for s in data.SPLITS]
@@ -129,14 +132,17 @@ def test_rows_longer_than_seq_len_are_skipped_and_counted_never_truncated(files)
         data.make_source(config(rows_path, tokenizer_path, seq_len=20, window=16), "train", 0)
 
 
-def test_answers_land_in_the_final_window(files):
+def test_the_layout_check_uses_every_record(files):
     rows_path, _ = files
     source = data.make_source(config(rows_path), "test", 0)    # digit tokens: answers of 1-3
-    longest = max(np.count_nonzero(source[i]["loss_mask"]) for i in range(len(source)))
-    assert source.earliest_loss_position() == source.seq_len - longest
-    check_answers_in_prediction_window(source, 60)
-    with pytest.raises(ValueError, match=r"sleep\.window"):
-        check_answers_in_prediction_window(source, source.seq_len - 1)
+    spans = source.record_spans()
+    for i in range(len(source)):
+        on_answer = np.flatnonzero(source[i]["loss_mask"])
+        assert (spans.first_loss[i], spans.last_loss[i]) == (on_answer[0], on_answer[-1])
+    check_window_layout(source, source.window)
+    # L = seq_len - 1: one sleeping window, which holds every fixture row whole
+    with pytest.raises(ValueError, match=r"^sleep\.window: .* the question of record 0 ends"):
+        check_window_layout(source, source.seq_len - 1)
 
 
 @pytest.mark.parametrize("row,message", [
@@ -212,7 +218,7 @@ from sleepjax.training.experiment_files import load_config
     tiny = load_config(os.path.join(REPO, "experiments", "gsm.py") + ":tiny")
     cfg = common.apply_overrides(tiny, {
         "task.gsm_infinite_files": rows_path, "task.tokenizer_path": tokenizer_path,
-        "task.eval_ops": (1, 2, 3, 4)})
+        "task.eval_ops": (1, 2, 3, 4), "task.window": 48})
     rc = validate_config(cfg, num_devices=1)
     from tokenizers import Tokenizer
     assert rc.model.vocab_size == Tokenizer.from_file(tokenizer_path).get_vocab_size()

@@ -52,3 +52,13 @@ def write_tokenizer(tmp_path, rows) -> str:
     path = os.path.join(tmp_path, "tokenizer.json")
     tokenizer.save(path)
     return path
+
+
+def long_row(i: int, fillers: int) -> dict:
+    """``published_row(i)`` with ``fillers`` more distractor sentences in its problem (about 11
+    word-level tokens each), for rows of the paper's 2000-3300 tokens."""
+    row = published_row(i)
+    extra = [f"The number of newborn {ANIMALS[k % 5]} in {PLACES[(i + k) % 4]} equals {k % 97}."
+             for k in range(fillers)]
+    first, rest = row["problem"].split(". ", 1)
+    return {**row, "id": f"long-{i}-{fillers}", "problem": " ".join([first + "."] + extra + [rest])}

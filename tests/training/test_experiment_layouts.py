@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from sleepjax import data
-from sleepjax.data.layout import (check_answers_in_prediction_window, prediction_chunk_start,
-                                  sleeping_windows)
+from sleepjax.data.layout import check_window_layout, prediction_chunk_start, sleeping_windows
 from sleepjax.training.config import validate_config
 from sleepjax.training.experiment_files import load_config_module
 
@@ -57,6 +56,7 @@ def test_a_layout_with_answers_in_a_sleeping_window_is_rejected():
                             context_tokens=48, num_queries=4, k_min=1, k_max=4, eval_k=(1, 2, 4),
                             window=16, num_test=16)
     source = data.make_source(task, "test", 0)
-    with pytest.raises(ValueError, match=r"sleep.window: with L=16 and T=71 .* input 52"):
-        check_answers_in_prediction_window(source, 16)
-    check_answers_in_prediction_window(source, 24)   # 48 = 2 x 24, queries in [48, 71)
+    with pytest.raises(ValueError, match=r"sleep.window: with L=16 and T=71 record 0 has answers "
+                                         r"from input 5\d \(window 3\) to input 70 \(window 4\)"):
+        check_window_layout(source, 16)
+    check_window_layout(source, 24)   # 48 = 2 x 24, queries in [48, 71)
