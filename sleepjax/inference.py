@@ -46,7 +46,8 @@ from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.models.gated_deltanet import GDNCache, zero_conv_history
 from sleepjax.models.layers import compute_dtype
 from sleepjax.models.validation import (check_configs, check_open_window, check_stream_token,
-                                        check_stream_tokens, check_tree_shapes, tree_layout)
+                                        check_stream_tokens, check_tree_shapes, tree_differences,
+                                        tree_layout)
 
 _STATIC = ("model_cfg", "sleep_cfg")
 
@@ -171,7 +172,10 @@ def _prefill_windows(params, state, tokens, model_cfg, sleep_cfg):
 def _sample(logits, rng, temperature):
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, logits / temperature, axis=-1).astype(jnp.int32)
+    # Shifted so the largest logit is 0: a small temperature then sends the others towards -inf
+    # instead of overflowing the largest to inf (inf - inf = nan in the softmax).
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    return jax.random.categorical(rng, shifted / temperature, axis=-1).astype(jnp.int32)
 
 
 def _generate_loop(params, state, logits, rng, model_cfg, sleep_cfg, max_new_tokens, temperature):
@@ -195,6 +199,42 @@ _generate_loop_jit = jax.jit(_generate_loop, static_argnames=_STATIC + ("max_new
 
 
 # ----------------------------------------------------------------------------- host-side checks
+
+# The smallest positive float32 that is not subnormal: XLA flushes subnormals to zero, so a
+# smaller temperature would divide the logits by 0.
+MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
+
+
+def _check_temperature(temperature) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+            or not np.isfinite(temperature) or temperature < 0 \
+            or 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature: must be 0 (greedy) or a finite number >= "
+                         f"{MIN_TEMPERATURE:.3g} (float32's smallest normal), got {temperature!r}")
+
+
+@functools.lru_cache(maxsize=16)
+def _param_reference(model_cfg):
+    """``(abstract params of init_params(model_cfg), treedef, leaf shapes)``; traced once."""
+    abstract = jax.eval_shape(lambda: sleep_lm.init_params(model_cfg, jax.random.PRNGKey(0)))
+    leaves, treedef = jax.tree_util.tree_flatten(abstract)
+    return abstract, treedef, [tuple(leaf.shape) for leaf in leaves]
+
+
+def check_params(params, model_cfg: ModelConfig) -> None:
+    """``params`` has the tree and shapes of ``init_params(model_cfg)`` (any dtype: a checkpoint
+    may be loaded in bfloat16); ValueError naming the mismatched entries otherwise. Host-side:
+    one flatten and a shape comparison in the common case."""
+    abstract, treedef, shapes = _param_reference(model_cfg)
+    leaves, got_def = jax.tree_util.tree_flatten(params)
+    if got_def == treedef and [tuple(np.shape(leaf)) for leaf in leaves] == shapes:
+        return
+    problems = tree_differences(params, abstract, dtypes=False)
+    more = f" ... and {len(problems) - 4} more" if len(problems) > 4 else ""
+    raise ValueError(f"params: do not match the parameter tree of model_cfg (d_model="
+                     f"{model_cfg.d_model}, layer_pattern={model_cfg.layer_pattern!r}, vocab_size="
+                     f"{model_cfg.vocab_size}): " + "; ".join(problems[:4]) + more)
+
 
 @functools.lru_cache(maxsize=64)
 def _state_layout(model_cfg, sleep_cfg, batch_size):
@@ -268,6 +308,7 @@ def wake_step(params, state: StreamState, token, *, model_cfg: ModelConfig, slee
     sleeping as soon as a window fills. Jit-compiled (configs are static).
     """
     position = _checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     check_stream_token(token, state.loop_input.shape[0], model_cfg.vocab_size)
     check_open_window(position, sleep_cfg.window, "wake_step")
     logits, state = _wake_step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
@@ -280,6 +321,7 @@ def sleep(params, state: StreamState, *, model_cfg: ModelConfig, sleep_cfg: Slee
     Requires a full window (``state.position == L``); with N = 1 only the eviction happens.
     """
     position = _checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     if position is not None and position != sleep_cfg.window:
         raise ValueError(f"state.position: sleep needs a full window (position == window = "
                          f"{sleep_cfg.window}), got position {position}")
@@ -293,6 +335,7 @@ def step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg
     Returns ``(logits [B, vocab], state, slept)`` where ``slept`` is a bool scalar.
     """
     position = _checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     check_stream_token(token, state.loop_input.shape[0], model_cfg.vocab_size)
     check_open_window(position, sleep_cfg.window, "step")
     logits, state, slept = _step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
@@ -306,6 +349,7 @@ def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cf
     fired right after token ``i``.
     """
     position = _checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     check_stream_tokens(tokens, state.loop_input.shape[0], model_cfg.vocab_size)
     check_open_window(position, sleep_cfg.window, "feed")
     logits, state, slept = _feed_jit(params, state, jnp.asarray(tokens), model_cfg=model_cfg,
@@ -326,6 +370,7 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
     if isinstance(getattr(state, "position", None), jax.core.Tracer):
         raise ValueError("state.position: prefill needs a concrete position (call it outside jit)")
     position = _checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     check_stream_tokens(tokens, state.loop_input.shape[0], model_cfg.vocab_size)
     check_open_window(position, sleep_cfg.window, "prefill")
     window = sleep_cfg.window
@@ -368,8 +413,7 @@ def generate(params, prompt, max_new_tokens: int, *, model_cfg: ModelConfig, sle
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
             or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: must be an int >= 0, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature: must be a number >= 0, got {temperature!r}")
+    _check_temperature(temperature)
     if temperature > 0 and rng is None:
         raise ValueError("rng: a PRNG key is required when temperature > 0")
     prompt = jnp.asarray(prompt)

@@ -36,13 +36,12 @@ from ml_collections import config_flags
 
 from sleepjax import data
 from sleepjax.parallel import multihost
-from sleepjax.training import cli, lr_grid, plots, stats
+from sleepjax.training import cli, lr_grid, paths, plots, stats
 from sleepjax.training.baselines import task_baselines
 from sleepjax.training.checkpointing import load_params
 from sleepjax.training.config import (apply_overrides, flatten_config, load_config_module,
                                       validate_config)
 from sleepjax.training.cross_eval import evaluate_at_passes
-from sleepjax.training.evaluate import write_json
 from sleepjax.training import logging as run_logging
 from sleepjax.training.trainer import train_and_evaluate
 
@@ -120,13 +119,12 @@ def point_name(setting: Mapping, seed: int) -> str:
     return f"{name}_seed{seed}"
 
 
-def _read_point(run_dir: str, flat_cfg: Mapping) -> dict | None:
+def _read_point(run_dir, flat_cfg: Mapping) -> dict | None:
     """The stored result of a finished point, if it was made with this exact config."""
-    path = os.path.join(run_dir, POINT_FILE)
-    if not os.path.exists(path):
+    path = paths.as_path(run_dir) / POINT_FILE
+    if not path.exists():
         return None
-    with open(path) as f:
-        point = json.load(f)
+    point = paths.read_json(path)
     return point if point.get("config") == flat_cfg else None
 
 
@@ -153,7 +151,7 @@ def run_point(cfg, run_dir: str, setting: Mapping, seed: int, eval_passes: Seque
             params = load_params(run_dir).params
         point["cross_eval"].update(evaluate_at_passes(cfg, params, missing))
     if run_logging.is_primary_process():
-        write_json(os.path.join(run_dir, POINT_FILE), point)
+        paths.write_json(paths.as_path(run_dir) / POINT_FILE, point)
     return point
 
 
@@ -167,7 +165,7 @@ def run_sweep(cfg, workdir: str, settings: Sequence[Mapping], seeds: Sequence[in
     """
     if not seeds:
         raise ValueError("--seeds: at least one seed is needed")
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.make_directory(paths.run_directory(workdir))
     started = time.perf_counter()
     rc = validate_config(cfg)
     test_source = data.make_source(rc.task, "test", rc.train.seed)
@@ -176,7 +174,7 @@ def run_sweep(cfg, workdir: str, settings: Sequence[Mapping], seeds: Sequence[in
     for setting in settings:
         for seed in seeds:
             run_cfg = apply_overrides(cfg, {**setting, "train.seed": int(seed)})
-            run_dir = os.path.join(workdir, point_name(setting, seed))
+            run_dir = workdir / point_name(setting, seed)
             points.append(run_point(run_cfg, run_dir, setting, int(seed), eval_passes,
                                     allow_schedule_change=allow_schedule_change))
     summary = stats.summarize(points, baselines, test_source.difficulty_name)
@@ -192,20 +190,18 @@ def _final_train_loss(result: Mapping, run_dir: str) -> float:
     and trained no step, from its ``train_log.jsonl`` (nan if that is not readable here)."""
     if result["losses"]:
         return result["losses"][-1][1]
-    path = os.path.join(run_dir, run_logging.RunLogger.TRAIN_LOG_FILE)
-    if not os.path.exists(path):
+    path = paths.as_path(run_dir) / run_logging.RunLogger.TRAIN_LOG_FILE
+    if not path.exists():
         return float("nan")
-    with open(path) as f:
-        losses = [json.loads(line)["loss"] for line in f if line.strip()]
+    losses = [json.loads(line)["loss"] for line in path.read_text().splitlines() if line.strip()]
     return losses[-1] if losses else float("nan")
 
 
-def _write_sweep_outputs(workdir: str, points, summary, table: str) -> None:
-    write_json(os.path.join(workdir, "accuracy_vs_passes.json"),
-               {**summary, "points": [{k: v for k, v in p.items() if k != "config"}
-                                      for p in points]})
-    with open(os.path.join(workdir, "accuracy_vs_passes.md"), "w") as f:
-        f.write(table + "\n")
+def _write_sweep_outputs(workdir, points, summary, table: str) -> None:
+    paths.write_json(workdir / "accuracy_vs_passes.json",
+                     {**summary, "points": [{k: v for k, v in p.items() if k != "config"}
+                                            for p in points]})
+    paths.write_text(workdir / "accuracy_vs_passes.md", table + "\n")
     plots.plot_sweep(summary, workdir)
 
 
@@ -255,10 +251,10 @@ def run_lr_grid(cfg, workdir: str, muon_lrs: Sequence[float], seeds: Sequence[in
     grid = lr_grid.choose(result["summary"], criterion)
     table = lr_grid.format_grid(grid, result["summary"]["baselines"])
     if run_logging.is_primary_process():
-        write_json(os.path.join(workdir, "lr_grid.json"),
-                   {**grid, "baselines": result["summary"]["baselines"]})
-        with open(os.path.join(workdir, "lr_grid.md"), "w") as f:
-            f.write(table + "\n")
+        workdir = paths.as_path(workdir)
+        paths.write_json(workdir / "lr_grid.json",
+                         {**grid, "baselines": result["summary"]["baselines"]})
+        paths.write_text(workdir / "lr_grid.md", table + "\n")
     return {**grid, "table": table}
 
 

@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.training import checkpoint_integrity as integrity
+from sleepjax.training import paths
 from sleepjax.training.checkpoint_integrity import CheckpointDamagedError
 from sleepjax.training.config import (config_differences, flatten_config, unflatten_config,
                                       validate_config)
@@ -60,9 +61,9 @@ class Checkpointer:
     multi-host job should; every process verifies).
     """
 
-    def __init__(self, directory: str, *, keep: int, async_save: bool,
+    def __init__(self, directory, *, keep: int, async_save: bool,
                  write_manifests: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.as_path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -75,8 +76,8 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+    def step_dir(self, step: int):
+        return self.directory / str(step)
 
     def saved_config(self, step: int | None = None) -> dict[str, Any]:
         """The flattened config stored with checkpoint ``step`` (default: the latest)."""
@@ -131,7 +132,7 @@ class Checkpointer:
         elif self._manager.is_saving_in_progress():
             return
         for step in self._unsealed:
-            if self._write_manifests and os.path.isdir(self.step_dir(step)):
+            if self._write_manifests and self.step_dir(step).is_dir():
                 integrity.write_manifest(self.step_dir(step))
         self._unsealed = []
 
@@ -141,8 +142,7 @@ class Checkpointer:
 
     def quarantine(self, step: int) -> str:
         """Move a damaged step to ``<workdir>/damaged_checkpoints/`` so it can be saved again."""
-        target = integrity.quarantine(self.step_dir(step), os.path.join(
-            os.path.dirname(self.directory), DAMAGED_SUBDIR))
+        target = integrity.quarantine(self.step_dir(step), self.directory.parent / DAMAGED_SUBDIR)
         self._manager.reload()
         return target
 
@@ -172,7 +172,7 @@ class Checkpointer:
 
     def progress(self, step: int) -> dict[str, Any]:
         """The ``progress`` item of checkpoint ``step`` (empty for checkpoints without one)."""
-        if not os.path.isdir(os.path.join(self.step_dir(step), "progress")):
+        if not (self.step_dir(step) / "progress").is_dir():
             return {}
         restored = self._manager.restore(step, args=ocp.args.Composite(
             progress=ocp.args.JsonRestore()))
@@ -244,18 +244,19 @@ def load_params(workdir: str | os.PathLike, step: int | None = None, *, sharding
         be read or holds non-finite parameters; with ``step=None`` a damaged latest checkpoint
         is reported as a warning and the previous intact one is loaded.
     """
-    workdir = os.fspath(workdir)
     if step is not None:
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"load_params: step must be a non-negative int or None (got {step!r})")
         step = int(step)
-    if not os.path.isdir(workdir):
+    workdir = os.fspath(workdir)
+    run_dir = paths.as_path(workdir)
+    if not run_dir.is_dir():
         raise FileNotFoundError(f"load_params: run directory {workdir!r} does not exist")
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))
+    directory = run_dir / CHECKPOINT_SUBDIR
     no_checkpoint = FileNotFoundError(
         f"load_params: {workdir!r} holds no checkpoint (expected {CHECKPOINT_SUBDIR}/<step>/ "
         f"as written by python -m sleepjax.train --workdir={workdir})")
-    if not os.path.isdir(directory):
+    if not directory.is_dir():
         raise no_checkpoint
     # A manager that never creates or saves; every item's handler is named so reading the
     # metadata of a step warns about none of them.
@@ -289,9 +290,9 @@ def load_params(workdir: str | os.PathLike, step: int | None = None, *, sharding
                          sleep=sleep)
 
 
-def _restore_params(manager, directory: str, step: int, sharding):
+def _restore_params(manager, directory, step: int, sharding):
     """``(params, config)`` of one verified checkpoint step (see :func:`load_params`)."""
-    step_dir = os.path.join(directory, str(step))
+    step_dir = directory / str(step)
     integrity.verify_step(step_dir, step)
     try:
         saved_params = manager.item_metadata(step)["state"].tree["params"]

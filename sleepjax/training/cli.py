@@ -62,7 +62,8 @@ def _last_line(text: str) -> str:
 
 
 def make_flags_parser(config_flag: str = "config") -> Callable[[list[str]], list[str]]:
-    """An ``app.run(flags_parser=...)`` that reports any flag or config error in one line.
+    """An ``app.run(flags_parser=...)`` that reports any flag or config error, and any
+    positional argument, in one line.
 
     ``config_flags`` reports a missing file only when the config is first used, an exception
     inside the file as a traceback inside the message, and an unknown override key as a bare
@@ -73,6 +74,9 @@ def make_flags_parser(config_flag: str = "config") -> Callable[[list[str]], list
             remaining = flags.FLAGS(argv)
         except Exception as error:   # any flag error, or the config file's own exception
             fail(_describe_flag_error(argv, config_flag, error))
+        if len(remaining) > 1:   # absl would print the whole usage text for these
+            fail(f"unexpected positional argument(s) {remaining[1:]}: every option is a flag "
+                 "(--name=value); see --help")
         config_value = flags.FLAGS[config_flag].value
         if config_value is not None:
             try:

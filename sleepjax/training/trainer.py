@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from typing import Callable, Mapping
 
@@ -43,7 +42,7 @@ from sleepjax.parallel.mesh import make_mesh, validate_model_for_mesh
 from sleepjax.parallel.multihost import batch_sharding, host_shard_info, make_global_batch
 from sleepjax.parallel.state_shardings import train_state_shardings
 from sleepjax.training import evaluate as evaluation
-from sleepjax.training import initialization, warm_start
+from sleepjax.training import initialization, paths, warm_start
 from sleepjax.training.checkpointing import CHECKPOINT_SUBDIR, CheckpointDamagedError, Checkpointer
 from sleepjax.training.config import ResolvedConfig, validate_config
 from sleepjax.training.interrupts import StopRequests, TrainingInterrupted
@@ -61,14 +60,15 @@ class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss or gradient; the bad update was not applied or saved."""
 
 
-def train_and_evaluate(cfg, workdir: str, *,
+def train_and_evaluate(cfg, workdir, *,
                        step_callback: Callable[[int, Mapping[str, float]], None] | None = None,
                        allow_schedule_change: bool = False) -> dict:
     """Train and evaluate the experiment ``cfg`` in ``workdir``; resume if it holds a checkpoint.
 
     Args:
       cfg: experiment ``ConfigDict`` (see :mod:`sleepjax.training.config`).
-      workdir: output directory (created).
+      workdir: output directory (created): a local path or ``gs://bucket/dir``
+        (:mod:`~sleepjax.training.paths`).
       step_callback: called on the host after every finished step as ``(step, metrics)``;
         an exception it raises stops the run like a kill would (no extra checkpoint).
       allow_schedule_change: resume even though a field that shapes the learning-rate schedule
@@ -95,12 +95,12 @@ def train_and_evaluate(cfg, workdir: str, *,
     rc: ResolvedConfig = validate_config(cfg)
     if rc.init.active:   # save (and compare on resume) the architecture the source gave
         cfg = initialization.explicit_model_section(cfg, rc.model)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.make_directory(paths.run_directory(workdir))
     with WorkdirLock(workdir, enabled=run_logging.is_primary_process()), StopRequests() as stop:
         return _train_locked(cfg, rc, workdir, started, stop, step_callback, allow_schedule_change)
 
 
-def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: StopRequests,
+def _train_locked(cfg, rc: ResolvedConfig, workdir, started: float, stop: StopRequests,
                   step_callback, allow_schedule_change: bool) -> dict:
     """The body of :func:`train_and_evaluate`, run while holding the workdir lock."""
     train_cfg = rc.train
@@ -125,7 +125,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
     abstract_state = jax.eval_shape(init_fn, rng, example_tokens)
     state_shardings = train_state_shardings(abstract_state, mesh, rc.model)
 
-    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR),
+    checkpointer = Checkpointer(workdir / CHECKPOINT_SUBDIR,
                                 keep=train_cfg.keep_checkpoints,
                                 async_save=train_cfg.async_checkpointing,
                                 write_manifests=run_logging.is_primary_process())
