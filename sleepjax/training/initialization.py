@@ -41,7 +41,6 @@ ignores the source. The step-0 parameters are built by :mod:`sleepjax.training.w
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Mapping
 
@@ -140,9 +139,8 @@ def init_section_defaults() -> ml_collections.ConfigDict:
 
 def pretrained_model_config(path: str) -> ModelConfig:
     """The ModelConfig of a Hugging Face directory's ``config.json`` (no weights read)."""
-    from sleepjax.pretrained import model_config_from_hf   # lazy: heavy optional deps
-    with open(os.path.join(path, "config.json")) as f:
-        return model_config_from_hf(json.load(f))
+    from sleepjax.pretrained.checkpoint import config_of   # lazy: heavy optional deps
+    return config_of(path)[2]
 
 
 def load_pretrained_params(path: str):
