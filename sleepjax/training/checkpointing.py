@@ -9,6 +9,11 @@ One orbax ``CheckpointManager`` step directory holds three items:
   with a different experiment;
 * ``progress`` -- JSON facts about the run up to that step (its total wall time so far).
 
+A save runs in the background (when asynchronous); a failed one is noticed after the next
+training step (:meth:`Checkpointer.seal_finished`) and raised as a one-line
+:class:`~sleepjax.training.checkpoint_errors.CheckpointWriteError`, orbax's tracebacks going
+to a log file (:mod:`~sleepjax.training.checkpoint_errors`); earlier checkpoints stay intact.
+
 Once a save is on disk, a SHA-256 manifest of the step's files is added to the step directory
 (:mod:`~sleepjax.training.checkpoint_integrity`); restoring verifies it first, and a damaged
 step is named (step and file) and skipped for the previous intact one.
@@ -34,6 +39,7 @@ import orbax.checkpoint as ocp
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.training import checkpoint_integrity as integrity
 from sleepjax.training import paths
+from sleepjax.training.checkpoint_errors import CheckpointErrorLog, write_error
 from sleepjax.training.checkpoint_integrity import CheckpointDamagedError
 from sleepjax.training.config import (config_differences, flatten_config, unflatten_config,
                                       validate_config)
@@ -66,9 +72,11 @@ class Checkpointer:
         self.directory = paths.as_path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
+        self._errors = CheckpointErrorLog(self.directory.parent).__enter__()
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._write_manifests = write_manifests
         self._unsealed: list[int] = []     # saved steps whose manifest is not written yet
+        self._failed = False
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -114,23 +122,34 @@ class Checkpointer:
         """
         # orbax waits for the previous save before starting this one anyway: seal it first.
         self.seal_finished(block=True)
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(flatten_config(cfg)),
-            progress=ocp.args.JsonSave(dict(progress or {})),
-        ))
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                config=ocp.args.JsonSave(flatten_config(cfg)),
+                progress=ocp.args.JsonSave(dict(progress or {})),
+            ))
+        except Exception as error:   # a synchronous save (or its start) failed
+            raise self._failure(step, error) from None
         self._unsealed.append(step)
 
     def seal_finished(self, block: bool = False) -> None:
         """Write the checksum manifest of every save that is now on disk (cheap when none is:
-        called after every training step). ``block``: wait for the in-flight save first."""
+        called after every training step). ``block``: wait for the in-flight save first.
+
+        Raises:
+          CheckpointWriteError: the save finished but failed (one line; traceback in the log).
+        """
         if not self._unsealed:
             return
-        if block:
-            self._manager.wait_until_finished()
-        elif self._manager.is_saving_in_progress():
+        if not block and self._manager.is_saving_in_progress():
             return
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as error:
+            step, self._unsealed = self._unsealed[-1], []
+            raise self._failure(step, error) from None
         for step in self._unsealed:
             if self._write_manifests and self.step_dir(step).is_dir():
                 integrity.write_manifest(self.step_dir(step))
@@ -182,9 +201,23 @@ class Checkpointer:
         """Block until every pending asynchronous save is on disk (and has its manifest)."""
         self.seal_finished(block=True)
 
+    def _failure(self, step: int, error: Exception):
+        self._failed = True
+        earlier = [s for s in self.all_steps() if s < step]
+        return write_error(step, error, self.directory, max(earlier, default=None), self._errors)
+
     def close(self) -> None:
-        self.seal_finished(block=True)
-        self._manager.close()
+        try:
+            if not self._failed:
+                self.seal_finished(block=True)
+            self._manager.close()
+        except Exception as error:
+            if not self._failed:
+                raise
+            self._errors.append(f"while closing after the failure: {error!r}")   # said already
+        finally:
+            if not self._failed:   # after a failure orbax's threads may still log errors
+                self._errors.__exit__()
 
     def __enter__(self):
         return self

@@ -1,7 +1,8 @@
 """What ``python -m sleepjax.train`` and ``python -m sleepjax.sweep`` share: quiet library logs,
 one-line errors for bad configs and failed runs, and the exit codes.
 
-Exit codes: 0 done; 1 an error (config, workdir, checkpoint, non-finite training), printed as
+Exit codes: 0 done; 1 an error (config, workdir, a checkpoint that could not be read or
+written, non-finite training), printed as
 ``error: ...``; 130 stopped by Ctrl-C / SIGTERM, printed as ``interrupted: ...``.
 """
 
@@ -125,6 +126,7 @@ def quiet_library_logs() -> None:
 
 def run_reporting_errors(body: Callable[[], int]) -> int:
     """Run a CLI's body; expected failures become one line on stderr and a non-zero exit."""
+    from sleepjax.training.checkpoint_errors import CheckpointWriteError
     from sleepjax.training.interrupts import TrainingInterrupted
     from sleepjax.training.trainer import NonFiniteError
     from sleepjax.training.workdir_lock import WorkdirBusyError
@@ -138,6 +140,6 @@ def run_reporting_errors(body: Callable[[], int]) -> int:
         print("interrupted: stopped at once (second Ctrl-C or outside a training step); "
               "checkpoints already on disk are complete", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (NonFiniteError, WorkdirBusyError, ValueError, OSError) as error:
+    except (NonFiniteError, WorkdirBusyError, CheckpointWriteError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR

@@ -142,16 +142,15 @@ def plot_cross_eval(summary: Mapping, path: str, *, title: str = "") -> None:
 
 def plot_sweep(summary: Mapping, workdir) -> list:
     """Every figure of a sweep into ``workdir``; returns the paths written."""
-    paths = []
+    directory = paths.as_path(workdir)
+    written = []
     for name, fn in (("accuracy_vs_tokens.png", plot_accuracy_vs_tokens),
                      ("accuracy_vs_passes.png", plot_accuracy_vs_passes),
                      ("accuracy_vs_difficulty.png", plot_accuracy_vs_difficulty),
                      ("loss_vs_tokens.png", plot_loss_vs_tokens)):
-        path = paths.as_path(workdir) / name
-        fn(summary, path)
-        paths.append(path)
+        fn(summary, directory / name)
+        written.append(directory / name)
     if any(s["cross_eval"] for s in summary["settings"]):
-        path = paths.as_path(workdir) / "cross_eval.png"
-        plot_cross_eval(summary, path)
-        paths.append(path)
-    return paths
+        plot_cross_eval(summary, directory / "cross_eval.png")
+        written.append(directory / "cross_eval.png")
+    return written
