@@ -1,6 +1,6 @@
 """Checkpoints: train state, data-iterator position and the resolved config, saved together.
 
-One orbax ``CheckpointManager`` step directory holds three items:
+One orbax ``CheckpointManager`` step directory holds four items:
 
 * ``state``  -- the :class:`~sleepjax.training.state.TrainState` pytree (params, optimiser
   state, step, RNG), written asynchronously when enabled;
@@ -19,12 +19,13 @@ Once a save is on disk, a SHA-256 manifest of the step's files is added to the s
 step is named (step and file) and skipped for the previous intact one.
 
 Restoring takes abstract arrays carrying the target shardings, so a checkpoint written on one
-mesh restores onto another. :func:`load_params` restores only the trained parameters (and the
-run's config) of a workdir, e.g. for inference.
+mesh (or number of processes) restores onto another. :func:`load_params` restores only the
+trained parameters (and the run's config) of a workdir, e.g. for inference.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 import os
@@ -120,8 +121,7 @@ class Checkpointer:
 
         ``progress``: JSON-able facts about the run so far (e.g. ``{"wall_time_s": ..}``).
         """
-        # orbax waits for the previous save before starting this one anyway: seal it first.
-        self.seal_finished(block=True)
+        self.seal_finished(block=True)   # orbax would wait for the previous save anyway
         try:
             self._manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
@@ -176,10 +176,11 @@ class Checkpointer:
             the restored arrays are not all finite.
         """
         self.verify(step)
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if not self._restore_data_of_other_process_count(step, data_iterator):
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, OSError) as error:   # a damaged file orbax / tensorstore cannot read
             raise CheckpointDamagedError(step, self.step_dir(step),
                                          f"restore failed ({error})") from None
@@ -188,6 +189,24 @@ class Checkpointer:
             raise CheckpointDamagedError(step, self.step_dir(step),
                                          f"restored array {bad_leaf} has non-finite values")
         return restored["state"]
+
+    def _restore_data_of_other_process_count(self, step: int, data_iterator) -> bool:
+        """Position ``data_iterator`` from a checkpoint of another number of processes (grain
+        writes ``process_<i>-of-<n>.json`` each); False if this job's own file is there. Each
+        position is the batch count, equal on all processes; differing ones are refused."""
+        data_dir = self.step_dir(step) / "data"
+        own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if own.exists() or not data_dir.is_dir():
+            return False
+        written = [p for p in data_dir.iterdir() if p.name.startswith("process_")]
+        states = {p.read_text() for p in written}
+        if len(states) != 1:
+            raise ValueError(f"checkpoint step {step} in {self.directory}: its "
+                             f"{len(written)} data-iterator files hold different positions, so "
+                             f"it cannot be resumed by {jax.process_count()} process(es); resume "
+                             "it with the number of processes that wrote it")
+        data_iterator.set_state(json.loads(states.pop()))
+        return True
 
     def progress(self, step: int) -> dict[str, Any]:
         """The ``progress`` item of checkpoint ``step`` (empty for checkpoints without one)."""

@@ -140,6 +140,13 @@ def run_reporting_errors(body: Callable[[], int]) -> int:
         print("interrupted: stopped at once (second Ctrl-C or outside a training step); "
               "checkpoints already on disk are complete", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (NonFiniteError, WorkdirBusyError, CheckpointWriteError, ValueError, OSError) as error:
+    except CheckpointWriteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # orbax's failed background threads would print tracebacks while the interpreter shuts
+        # down; the checkpoints on disk are complete, nothing is left to write.
+        os._exit(EXIT_ERROR)
+    except (NonFiniteError, WorkdirBusyError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR

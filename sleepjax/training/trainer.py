@@ -15,7 +15,9 @@ steps and at the end. Workdir layout::
 
 Reliability: a second run into a busy workdir is refused (:mod:`workdir_lock`); an evaluation
 due at a checkpoint step runs before that checkpoint is saved, so an interrupt never skips it;
-Ctrl-C / SIGTERM stop after the current step with a final checkpoint (:mod:`interrupts`); a
+Ctrl-C / SIGTERM stop after the current step with a final checkpoint (:mod:`interrupts`), on
+every process of a multi-host job at the same step (:mod:`~sleepjax.parallel.stop_agreement`); a
+failed checkpoint write stops the run after the next step (:mod:`checkpoint_errors`); a
 damaged latest checkpoint is reported and the previous intact one used; the run's total wall
 time is carried across resumes in the checkpoints.
 
@@ -40,6 +42,7 @@ from sleepjax.parallel.data_parallel import jit_train_step
 from sleepjax.parallel.logical_axes import replicated, with_shardings
 from sleepjax.parallel.mesh import make_mesh, validate_model_for_mesh
 from sleepjax.parallel.multihost import batch_sharding, host_shard_info, make_global_batch
+from sleepjax.parallel.stop_agreement import agreed_stop
 from sleepjax.parallel.state_shardings import train_state_shardings
 from sleepjax.training import evaluate as evaluation
 from sleepjax.training import initialization, paths, warm_start
@@ -195,12 +198,14 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir, started: float, stop: StopRe
                        description=f"train N={rc.sleep.passes} seed={train_cfg.seed}", eval_header=header) as logger:
             logger.write_config(cfg)
             while step < train_cfg.steps:
-                if stop.requested:
+                stop_request = agreed_stop(stop.requested)   # the same on every process
+                if stop_request:
                     if step > start_step and checkpointer.latest_step() != step:
                         save(step)
                     kept = checkpointer.latest_step()
+                    by = "" if stop_request == stop.requested else " by another process"
                     raise TrainingInterrupted(
-                        f"{stop.requested} received: stopped after step {step}; "
+                        f"{stop_request} received{by}: stopped after step {step}; "
                         + (f"checkpoint step {kept} is complete in {checkpointer.directory}"
                            if kept is not None else "no checkpoint was written yet")
                         + "; rerun the same command to resume")
