@@ -27,7 +27,6 @@ multi-host job every process runs the sweep; only the primary one writes the swe
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Mapping, Sequence
 

@@ -69,6 +69,6 @@ def logged_losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records}
 
 
-def final_eval(workdir) -> dict:
+def eval_history(workdir) -> list[dict]:
     with open(os.path.join(workdir, "eval.json")) as f:
-        return json.load(f)["history"][-1]
+        return json.load(f)["history"]
