@@ -3,7 +3,8 @@
 Orbax writes a checkpoint in background threads and, when that fails (a full disk, a revoked
 bucket permission), logs the traceback from the thread and raises only when the next save
 waits for it, so a run would train on without being able to save and then print hundreds of
-lines. :class:`CheckpointErrorLog` diverts orbax's error records (tracebacks included) from the
+lines. The trainer checks after every step (``Checkpointer.seal_finished``), so the run stops at
+the first step after the write ended. :class:`CheckpointErrorLog` diverts orbax's error records (tracebacks included) from the
 terminal into a log file, and :func:`write_error` turns the failure into a
 :class:`CheckpointWriteError` whose message is one line: the step, the cause, the workdir, the
 last complete checkpoint and where the traceback is.

@@ -9,8 +9,9 @@ One orbax ``CheckpointManager`` step directory holds four items:
   with a different experiment;
 * ``progress`` -- JSON facts about the run up to that step (its total wall time so far).
 
-A save runs in the background (when asynchronous); a failed one is noticed after the next
-training step (:meth:`Checkpointer.seal_finished`) and raised as a one-line
+A save runs in the background (when asynchronous); a failed one is noticed after the first
+training step that follows the end of its write (:meth:`Checkpointer.seal_finished`, called
+after every step), not at the next save, and raised as a one-line
 :class:`~sleepjax.training.checkpoint_errors.CheckpointWriteError`, orbax's tracebacks going
 to a log file (:mod:`~sleepjax.training.checkpoint_errors`); earlier checkpoints stay intact.
 

@@ -17,7 +17,7 @@ Reliability: a second run into a busy workdir is refused (:mod:`workdir_lock`); 
 due at a checkpoint step runs before that checkpoint is saved, so an interrupt never skips it;
 Ctrl-C / SIGTERM stop after the current step with a final checkpoint (:mod:`interrupts`), on
 every process of a multi-host job at the same step (:mod:`~sleepjax.parallel.stop_agreement`); a
-failed checkpoint write stops the run after the next step (:mod:`checkpoint_errors`); a
+failed checkpoint write stops the run at the first step after it (:mod:`checkpoint_errors`); a
 damaged latest checkpoint is reported and the previous intact one used; the run's total wall
 time is carried across resumes in the checkpoints.
 
