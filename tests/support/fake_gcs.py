@@ -12,6 +12,7 @@ generation in its headers, and one thread per connection.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -112,6 +113,9 @@ def fake_gcs():
     try:
         yield env
     finally:
+        # Writers finalised later would upload to a server that is gone (tensorboardX's GCS
+        # writer flushes again in __del__, retrying for two minutes): finalise them now.
+        gc.collect()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
