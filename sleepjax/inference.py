@@ -31,95 +31,26 @@ functions behind them do not.
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sleepjax.models import sleep_lm
-from sleepjax.models.attention import zero_kv_cache
-from sleepjax.models.blocks import attn_layer_names, gdn_layer_names
-from sleepjax.models.carry import (FAST_WEIGHT_AXES, REPLICATED, LogicalAxes, WindowCarry,
-                                   carry_logical_axes, fast_weight_caches, initial_carry)
+from sleepjax.models.blocks import attn_layer_names
+from sleepjax.models.carry import WindowCarry, fast_weight_caches
 from sleepjax.models.config import ModelConfig, SleepConfig
-from sleepjax.models.gated_deltanet import GDNCache, zero_conv_history
-from sleepjax.models.layers import compute_dtype
-from sleepjax.models.validation import (check_configs, check_open_window, check_stream_token,
-                                        check_stream_tokens, check_tree_shapes, tree_layout)
+from sleepjax.models.gated_deltanet import GDNCache
+from sleepjax.models.validation import (check_open_window, check_stream_token,
+                                        check_stream_tokens, tree_differences)
+from sleepjax.stream_state import (StreamState, advanced, checked_position, init_state, issue,
+                                   stream_state_logical_axes)
+
+__all__ = ["StreamState", "init_state", "stream_state_logical_axes", "wake_step", "sleep", "step",
+           "feed", "prefill", "generate", "GenerateResult", "check_params"]
 
 _STATIC = ("model_cfg", "sleep_cfg")
-
-
-@flax.struct.dataclass
-class StreamState:
-    """Everything a streaming model remembers between tokens (all arrays, fixed shapes).
-
-    Attributes:
-      carry: the :class:`~sleepjax.models.carry.WindowCarry` of the open window: every layer's
-        cache (GDN: fast weights ``[B, Hv, K, V]`` f32, the only long-term memory, and the short
-        conv's last pre-conv q, k, v, zeros at a window start; attention: the window's rotated
-        keys and values ``[B, L, Hkv, D]``, slots ``>= position`` unused) and, under sliding
-        eviction, the previous window's last ``L-1`` keys and values.
-      loop_input: ``[B, L, d]`` the wake pass's outputs of block ``loop_end-1`` for this window,
-        the input of the first sleep pass.
-      position: int32 scalar, number of tokens of the current window already consumed.
-      window_start_fast: ``{blocks_i: [B, Hv, K, V]}`` the fast weights at this window's start
-        of the coda's GDN layers, which the sleep re-runs from them (``sleep.coda``); ``{}``
-        when there is no re-run coda.
-      sleep_passes: ``[B]`` int32, the passes each row used in its last sleep (0 before the
-        first; below ``sleep.passes`` only under adaptive sleep).
-    """
-
-    carry: WindowCarry
-    loop_input: jax.Array
-    position: jax.Array
-    sleep_passes: jax.Array
-    window_start_fast: dict = flax.struct.field(default_factory=dict)
-
-    @property
-    def fast_weights(self) -> dict:
-        """``{blocks_i: [B, Hv, K, V]}`` every GDN layer's fast weights."""
-        return self.carry.fast_weights
-
-
-def _window_caches(model_cfg, fast, batch_size, window):
-    """Every layer's cache at a window start: the given fast weights, empty histories."""
-    caches = {name: GDNCache(fast[name], zero_conv_history(model_cfg, batch_size))
-              for name in gdn_layer_names(model_cfg)}
-    caches.update({name: zero_kv_cache(model_cfg, batch_size, window)
-                   for name in attn_layer_names(model_cfg)})
-    return caches
-
-
-def init_state(model_cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) -> StreamState:
-    """A fresh state (S = 0, empty caches, position 0) for ``batch_size`` streams."""
-    check_configs(model_cfg, sleep_cfg)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size: must be a positive int, got {batch_size!r}")
-    window = sleep_cfg.window
-    start = initial_carry(model_cfg, sleep_cfg, batch_size)
-    fast = start.fast_weights
-    return _issue(model_cfg, sleep_cfg, 0, StreamState(
-        carry=start.replace(caches=_window_caches(model_cfg, fast, batch_size, window)),
-        loop_input=jnp.zeros((batch_size, window, model_cfg.d_model), compute_dtype(model_cfg)),
-        position=jnp.asarray(0, jnp.int32),
-        sleep_passes=jnp.zeros((batch_size,), jnp.int32),
-        window_start_fast={name: fast[name]
-                           for name in sleep_lm.coda_layer_names(model_cfg, sleep_cfg)},
-    ))
-
-
-def stream_state_logical_axes(state: StreamState) -> StreamState:
-    """The logical axes of every leaf of ``state`` (:class:`~sleepjax.models.carry.LogicalAxes`
-    leaves): the streaming state's sharding is declared here, beside its type."""
-    return StreamState(carry=carry_logical_axes(state.carry),
-                       loop_input=LogicalAxes(("batch", "length", None)),
-                       position=REPLICATED, sleep_passes=LogicalAxes(("batch",)),
-                       window_start_fast={name: FAST_WEIGHT_AXES
-                                          for name in state.window_start_fast})
 
 
 # ----------------------------------------------------------------------------- pure cores
@@ -182,7 +113,10 @@ def _prefill_windows(params, state, tokens, model_cfg, sleep_cfg):
 def _sample(logits, rng, temperature):
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, logits / temperature, axis=-1).astype(jnp.int32)
+    # Shifted so the largest logit is 0: a small temperature then sends the others towards -inf
+    # instead of overflowing the largest to inf (inf - inf = nan in the softmax).
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    return jax.random.categorical(rng, shifted / temperature, axis=-1).astype(jnp.int32)
 
 
 def _generate_loop(params, state, logits, rng, model_cfg, sleep_cfg, max_new_tokens, temperature):
@@ -207,67 +141,40 @@ _generate_loop_jit = jax.jit(_generate_loop, static_argnames=_STATIC + ("max_new
 
 # ----------------------------------------------------------------------------- host-side checks
 
-@functools.lru_cache(maxsize=64)
-def _state_layout(model_cfg, sleep_cfg, batch_size):
-    """The layout of the :class:`StreamState` these configs need (traced once, nothing allocated)."""
-    return tree_layout(jax.eval_shape(lambda: init_state(model_cfg, sleep_cfg, batch_size)))
+# The smallest positive float32 that is not subnormal: XLA flushes subnormals to zero, so a
+# smaller temperature would divide the logits by 0.
+MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
 
 
-def _check_state(state, model_cfg, sleep_cfg):
-    """``state`` has exactly the layout, shapes and dtypes ``init_state`` gives for the configs."""
-    if not isinstance(state, StreamState):
-        raise ValueError(f"state: must be a StreamState (see inference.init_state), "
-                         f"got {type(state).__name__}")
-    check_configs(model_cfg, sleep_cfg)
-    loop_shape = tuple(getattr(state.loop_input, "shape", ()))
-    if len(loop_shape) != 3:
-        raise ValueError(f"state.loop_input: must have shape [batch, window, d_model], got {loop_shape}")
-    batch_size, window = loop_shape[:2]
-    if window != sleep_cfg.window:
-        raise ValueError(f"state: built for window L={window} (loop_input {loop_shape}), but "
-                         f"sleep_cfg.window = {sleep_cfg.window}")
-    check_tree_shapes("state", state, _state_layout(model_cfg, sleep_cfg, batch_size),
-                      lambda: f"model_cfg / sleep_cfg (window={sleep_cfg.window}, "
-                      f"eviction={sleep_cfg.eviction!r}, layer_pattern={model_cfg.layer_pattern!r}, "
-                      f"dtype={model_cfg.dtype}) at batch {batch_size}")
+def _check_temperature(temperature) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+            or not np.isfinite(temperature) or temperature < 0 \
+            or 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature: must be 0 (greedy) or a finite number >= "
+                         f"{MIN_TEMPERATURE:.3g} (float32's smallest normal), got {temperature!r}")
 
 
-# A state returned by this module's public calls fits their configs by construction, and its
-# position is known on the host. Remembering both per live state object lets the next call skip
-# the layout check and read no device value, so a wake step's host cost stays flat (a few us).
-# StreamState is immutable (``replace`` makes a new, unremembered object that is checked).
-_issued: dict[int, tuple] = {}
+@functools.lru_cache(maxsize=16)
+def _param_reference(model_cfg):
+    """``(abstract params of init_params(model_cfg), treedef, leaf shapes)``; traced once."""
+    abstract = jax.eval_shape(lambda: sleep_lm.init_params(model_cfg, jax.random.PRNGKey(0)))
+    leaves, treedef = jax.tree_util.tree_flatten(abstract)
+    return abstract, treedef, [tuple(leaf.shape) for leaf in leaves]
 
 
-def _issue(model_cfg, sleep_cfg, position, state):
-    """Remember ``state`` as fitting the configs at window ``position`` (None: not concrete)."""
-    if position is not None:
-        key = id(state)
-        forget = lambda _, key=key: _issued.pop(key, None)   # noqa: E731 (runs when state dies)
-        _issued[key] = (weakref.ref(state, forget), model_cfg, sleep_cfg, position)
-    return state
-
-
-def _checked_position(state, model_cfg, sleep_cfg):
-    """Check ``state`` against the configs; returns its position (None when traced)."""
-    entry = _issued.get(id(state))
-    if entry is not None and entry[0]() is state and entry[1] == model_cfg and entry[2] == sleep_cfg:
-        return entry[3]
-    _check_state(state, model_cfg, sleep_cfg)
-    return _concrete_position(state)
-
-
-def _concrete_position(state):
-    # np.asarray first: int() of a jax Array takes a slower path (6 us vs 1 us on CPU)
-    return None if isinstance(state.position, jax.core.Tracer) else int(np.asarray(state.position))
-
-
-def _advanced(position, tokens, sleep_cfg):
-    """The position after ``tokens`` more wake steps (sleeping when a window fills if
-    ``sleep_cfg`` is given; None stays None)."""
-    if position is None:
-        return None
-    return position + tokens if sleep_cfg is None else (position + tokens) % sleep_cfg.window
+def check_params(params, model_cfg: ModelConfig) -> None:
+    """``params`` has the tree and shapes of ``init_params(model_cfg)`` (any dtype: a checkpoint
+    may be loaded in bfloat16); ValueError naming the mismatched entries otherwise. Host-side:
+    one flatten and a shape comparison in the common case."""
+    abstract, treedef, shapes = _param_reference(model_cfg)
+    leaves, got_def = jax.tree_util.tree_flatten(params)
+    if got_def == treedef and [tuple(np.shape(leaf)) for leaf in leaves] == shapes:
+        return
+    problems = tree_differences(params, abstract, dtypes=False)
+    more = f" ... and {len(problems) - 4} more" if len(problems) > 4 else ""
+    raise ValueError(f"params: do not match the parameter tree of model_cfg (d_model="
+                     f"{model_cfg.d_model}, layer_pattern={model_cfg.layer_pattern!r}, vocab_size="
+                     f"{model_cfg.vocab_size}): " + "; ".join(problems[:4]) + more)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -278,11 +185,12 @@ def wake_step(params, state: StreamState, token, *, model_cfg: ModelConfig, slee
     Requires ``state.position < L`` (a window that is not full); :func:`step` guarantees it by
     sleeping as soon as a window fills. Jit-compiled (configs are static).
     """
-    position = _checked_position(state, model_cfg, sleep_cfg)
+    position = checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     check_stream_token(token, state.loop_input.shape[0], model_cfg.vocab_size)
     check_open_window(position, sleep_cfg.window, "wake_step")
     logits, state = _wake_step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
-    return logits, _issue(model_cfg, sleep_cfg, _advanced(position, 1, None), state)
+    return logits, issue(model_cfg, sleep_cfg, advanced(position, 1, None), state)
 
 
 def sleep(params, state: StreamState, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig) -> StreamState:
@@ -290,12 +198,13 @@ def sleep(params, state: StreamState, *, model_cfg: ModelConfig, sleep_cfg: Slee
 
     Requires a full window (``state.position == L``); with N = 1 only the eviction happens.
     """
-    position = _checked_position(state, model_cfg, sleep_cfg)
+    position = checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     if position is not None and position != sleep_cfg.window:
         raise ValueError(f"state.position: sleep needs a full window (position == window = "
                          f"{sleep_cfg.window}), got position {position}")
     state = _sleep_jit(params, state, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
-    return _issue(model_cfg, sleep_cfg, None if position is None else 0, state)
+    return issue(model_cfg, sleep_cfg, None if position is None else 0, state)
 
 
 def step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -303,11 +212,12 @@ def step(params, state: StreamState, token, *, model_cfg: ModelConfig, sleep_cfg
 
     Returns ``(logits [B, vocab], state, slept)`` where ``slept`` is a bool scalar.
     """
-    position = _checked_position(state, model_cfg, sleep_cfg)
+    position = checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     check_stream_token(token, state.loop_input.shape[0], model_cfg.vocab_size)
     check_open_window(position, sleep_cfg.window, "step")
     logits, state, slept = _step_jit(params, state, token, model_cfg=model_cfg, sleep_cfg=sleep_cfg)
-    return logits, _issue(model_cfg, sleep_cfg, _advanced(position, 1, sleep_cfg), state), slept
+    return logits, issue(model_cfg, sleep_cfg, advanced(position, 1, sleep_cfg), state), slept
 
 
 def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -316,13 +226,14 @@ def feed(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cf
     Returns ``(logits [B, T, vocab], state, slept [T] bool)``; ``slept[i]`` is True when a sleep
     fired right after token ``i``.
     """
-    position = _checked_position(state, model_cfg, sleep_cfg)
+    position = checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     check_stream_tokens(tokens, state.loop_input.shape[0], model_cfg.vocab_size)
     check_open_window(position, sleep_cfg.window, "feed")
     logits, state, slept = _feed_jit(params, state, jnp.asarray(tokens), model_cfg=model_cfg,
                                      sleep_cfg=sleep_cfg)
-    position = _advanced(position, tokens.shape[1], sleep_cfg)
-    return logits, _issue(model_cfg, sleep_cfg, position, state), slept
+    position = advanced(position, tokens.shape[1], sleep_cfg)
+    return logits, issue(model_cfg, sleep_cfg, position, state), slept
 
 
 def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep_cfg: SleepConfig):
@@ -336,7 +247,8 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
     """
     if isinstance(getattr(state, "position", None), jax.core.Tracer):
         raise ValueError("state.position: prefill needs a concrete position (call it outside jit)")
-    position = _checked_position(state, model_cfg, sleep_cfg)
+    position = checked_position(state, model_cfg, sleep_cfg)
+    check_params(params, model_cfg)
     check_stream_tokens(tokens, state.loop_input.shape[0], model_cfg.vocab_size)
     check_open_window(position, sleep_cfg.window, "prefill")
     window = sleep_cfg.window
@@ -358,7 +270,7 @@ def prefill(params, state: StreamState, tokens, *, model_cfg: ModelConfig, sleep
                                       sleep_cfg=sleep_cfg)
         pieces.append((out, np.asarray(slept)))
     logits, slept = zip(*pieces)
-    state = _issue(model_cfg, sleep_cfg, _advanced(position, total, sleep_cfg), state)
+    state = issue(model_cfg, sleep_cfg, advanced(position, total, sleep_cfg), state)
     return jnp.concatenate(logits, axis=1), state, jnp.asarray(np.concatenate(slept))
 
 
@@ -379,8 +291,7 @@ def generate(params, prompt, max_new_tokens: int, *, model_cfg: ModelConfig, sle
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
             or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: must be an int >= 0, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature: must be a number >= 0, got {temperature!r}")
+    _check_temperature(temperature)
     if temperature > 0 and rng is None:
         raise ValueError("rng: a PRNG key is required when temperature > 0")
     prompt = jnp.asarray(prompt)
@@ -388,12 +299,12 @@ def generate(params, prompt, max_new_tokens: int, *, model_cfg: ModelConfig, sle
         state = init_state(model_cfg, sleep_cfg, prompt.shape[0] if prompt.ndim == 2 else 1)
     logits, state, slept_prompt = prefill(params, state, prompt, model_cfg=model_cfg,
                                           sleep_cfg=sleep_cfg)
-    position = _checked_position(state, model_cfg, sleep_cfg)     # known: prefill returned it
+    position = checked_position(state, model_cfg, sleep_cfg)     # known: prefill returned it
     rng = jax.random.PRNGKey(0) if rng is None else rng
     new_tokens, state, slept_new, _ = _generate_loop_jit(
         params, state, logits[:, -1], rng, model_cfg=model_cfg, sleep_cfg=sleep_cfg,
         max_new_tokens=int(max_new_tokens), temperature=float(temperature))
-    state = _issue(model_cfg, sleep_cfg, _advanced(position, max_new_tokens, sleep_cfg), state)
+    state = issue(model_cfg, sleep_cfg, advanced(position, max_new_tokens, sleep_cfg), state)
     slept = np.concatenate([np.asarray(slept_prompt), np.asarray(slept_new)])
     return GenerateResult(tokens=jnp.concatenate([prompt.astype(jnp.int32), new_tokens], axis=1),
                           sleep_positions=[int(i) for i in np.flatnonzero(slept)], state=state)

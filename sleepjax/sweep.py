@@ -27,7 +27,6 @@ multi-host job every process runs the sweep; only the primary one writes the swe
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Mapping, Sequence
 
@@ -36,13 +35,12 @@ from ml_collections import config_flags
 
 from sleepjax import data
 from sleepjax.parallel import multihost
-from sleepjax.training import cli, lr_grid, plots, stats
+from sleepjax.training import cli, lr_grid, paths, plots, stats
 from sleepjax.training.baselines import task_baselines
 from sleepjax.training.checkpointing import load_params
 from sleepjax.training.config import flatten_config, same_config, validate_config
-from sleepjax.training.experiment_files import apply_overrides, load_config_module
 from sleepjax.training.cross_eval import evaluate_adaptive, evaluate_at_passes
-from sleepjax.training.evaluate import write_json
+from sleepjax.training.experiment_files import apply_overrides, load_config_module
 from sleepjax.training import logging as run_logging
 from sleepjax.training.trainer import train_and_evaluate
 
@@ -154,14 +152,13 @@ def adaptive_key(tol: float, cap: int) -> str:
     return f"tol{tol:g}_cap{cap}"
 
 
-def _read_point(run_dir: str, flat_cfg: Mapping) -> dict | None:
+def _read_point(run_dir, flat_cfg: Mapping) -> dict | None:
     """The stored result of a finished point, if it was made with this config (a key its
     config lacks counts as equal at its default: options added later keep old behaviour)."""
-    path = os.path.join(run_dir, POINT_FILE)
-    if not os.path.exists(path):
+    path = paths.as_path(run_dir) / POINT_FILE
+    if not path.exists():
         return None
-    with open(path) as f:
-        point = json.load(f)
+    point = paths.read_json(path)
     return point if same_config(point.get("config") or {}, flat_cfg) else None
 
 
@@ -195,7 +192,7 @@ def run_point(cfg, run_dir: str, setting: Mapping, seed: int, eval_passes: Seque
     for tol in missing_tols:
         point["adaptive_eval"][adaptive_key(tol, cap)] = evaluate_adaptive(cfg, params, tol, cap)
     if run_logging.is_primary_process():
-        write_json(os.path.join(run_dir, POINT_FILE), point)
+        paths.write_json(paths.as_path(run_dir) / POINT_FILE, point)
     return point
 
 
@@ -211,7 +208,7 @@ def run_sweep(cfg, workdir: str, settings: Sequence[Mapping], seeds: Sequence[in
     """
     if not seeds:
         raise ValueError("--seeds: at least one seed is needed")
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.make_directory(paths.run_directory(workdir))
     started = time.perf_counter()
     rc = validate_config(cfg)
     test_source = data.make_source(rc.task, "test", rc.train.seed)
@@ -220,7 +217,7 @@ def run_sweep(cfg, workdir: str, settings: Sequence[Mapping], seeds: Sequence[in
     for setting in settings:
         for seed in seeds:
             run_cfg = apply_overrides(cfg, {**setting, "train.seed": int(seed)})
-            run_dir = os.path.join(workdir, point_name(setting, seed))
+            run_dir = workdir / point_name(setting, seed)
             points.append(run_point(run_cfg, run_dir, setting, int(seed), eval_passes,
                                     allow_schedule_change=allow_schedule_change,
                                     adaptive_tols=adaptive_tols, adaptive_cap=adaptive_cap))
@@ -237,20 +234,18 @@ def _final_train_loss(result: Mapping, run_dir: str) -> float:
     and trained no step, from its ``train_log.jsonl`` (nan if that is not readable here)."""
     if result["losses"]:
         return result["losses"][-1][1]
-    path = os.path.join(run_dir, run_logging.RunLogger.TRAIN_LOG_FILE)
-    if not os.path.exists(path):
+    path = paths.as_path(run_dir) / run_logging.RunLogger.TRAIN_LOG_FILE
+    if not path.exists():
         return float("nan")
-    with open(path) as f:
-        losses = [json.loads(line)["loss"] for line in f if line.strip()]
+    losses = [json.loads(line)["loss"] for line in path.read_text().splitlines() if line.strip()]
     return losses[-1] if losses else float("nan")
 
 
-def _write_sweep_outputs(workdir: str, points, summary, table: str) -> None:
-    write_json(os.path.join(workdir, "accuracy_vs_passes.json"),
-               {**summary, "points": [{k: v for k, v in p.items() if k != "config"}
-                                      for p in points]})
-    with open(os.path.join(workdir, "accuracy_vs_passes.md"), "w") as f:
-        f.write(table + "\n")
+def _write_sweep_outputs(workdir, points, summary, table: str) -> None:
+    paths.write_json(workdir / "accuracy_vs_passes.json",
+                     {**summary, "points": [{k: v for k, v in p.items() if k != "config"}
+                                            for p in points]})
+    paths.write_text(workdir / "accuracy_vs_passes.md", table + "\n")
     plots.plot_sweep(summary, workdir)
 
 
@@ -305,10 +300,10 @@ def run_lr_grid(cfg, workdir: str, muon_lrs: Sequence[float], seeds: Sequence[in
     grid = lr_grid.choose(result["summary"], criterion)
     table = lr_grid.format_grid(grid, result["summary"]["baselines"])
     if run_logging.is_primary_process():
-        write_json(os.path.join(workdir, "lr_grid.json"),
-                   {**grid, "baselines": result["summary"]["baselines"]})
-        with open(os.path.join(workdir, "lr_grid.md"), "w") as f:
-            f.write(table + "\n")
+        workdir = paths.as_path(workdir)
+        paths.write_json(workdir / "lr_grid.json",
+                         {**grid, "baselines": result["summary"]["baselines"]})
+        paths.write_text(workdir / "lr_grid.md", table + "\n")
     return {**grid, "table": table}
 
 

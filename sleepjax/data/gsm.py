@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from sleepjax.data import fields as F
-from sleepjax.data import gsm_infinite
+from sleepjax.data import gsm_infinite, gsm_infinite_rows
 from sleepjax.data.source import Example, ProceduralSource
 from sleepjax.data.tokenizers import Tokenizer
 
@@ -79,6 +79,9 @@ FIELDS = {
                                        "split of gsm_infinite_files"),
     "tokenizer_path": F.Field("", F.STR, "tokenizer.json (or its directory) for the published "
                               "rows; empty: a word vocabulary fitted on the files"),
+    "gsm_infinite_allow_overlap": F.Field(False, F.BOOL, "accept test files that share a file "
+                                          "or a problem with gsm_infinite_files (logged); "
+                                          "otherwise refused"),
 }
 
 
@@ -117,8 +120,15 @@ def check(cfg: Mapping[str, Any]) -> None:
     F.require(2 <= cfg["max_value"] <= 999, "max_value", "must be in [2, 999]", cfg["max_value"])
     if cfg["gsm_infinite_files"]:
         gsm_infinite.check_files(cfg)
+        if cfg["gsm_infinite_test_files"]:
+            gsm_infinite_rows.check_disjoint(
+                "gsm_infinite_files", gsm_infinite_rows.expand_paths(
+                    "gsm_infinite_files", cfg["gsm_infinite_files"]),
+                "gsm_infinite_test_files", gsm_infinite_rows.expand_paths(
+                    "gsm_infinite_test_files", cfg["gsm_infinite_test_files"]),
+                cfg["gsm_infinite_allow_overlap"], "gsm_infinite_allow_overlap")
     else:
-        for key in ("gsm_infinite_test_files", "tokenizer_path"):
+        for key in ("gsm_infinite_test_files", "tokenizer_path", "gsm_infinite_allow_overlap"):
             F.require(not cfg[key], key, "is only used with gsm_infinite_files (set that too)",
                       cfg[key])
         needed = min_seq_len(cfg["max_ops"], cfg["max_value"])

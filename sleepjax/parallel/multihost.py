@@ -82,6 +82,9 @@ _CLUSTER_ENV_HINTS = (
 # coordinates explicitly (JAX_COORDINATOR_ADDRESS is also read by JAX itself).
 ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = (
     "JAX_COORDINATOR_ADDRESS", "SLEEPJAX_NUM_PROCESSES", "SLEEPJAX_PROCESS_ID")
+# How long a process may go without a heartbeat before the job's other processes end with an
+# error (instead of waiting forever in a collective with a dead peer); JAX's default is 100 s.
+ENV_HEARTBEAT_TIMEOUT = "SLEEPJAX_HEARTBEAT_TIMEOUT_S"
 
 
 def _cluster_detected(environ: Mapping[str, str]) -> bool:
@@ -110,9 +113,17 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
       slice, SLURM or Open MPI with more than one task), ``jax.distributed.initialize()``.
     * Otherwise nothing happens (one process driving all local devices).
 
+    ``$SLEEPJAX_HEARTBEAT_TIMEOUT_S`` (seconds, default JAX's 100) bounds how long the others
+    run on after a process died: then they exit with an error naming the missing heartbeats.
+
     Call it on every process before any other JAX call that touches devices.
     """
     environ = os.environ if environ is None else environ
+    heartbeat = _int_env(environ, ENV_HEARTBEAT_TIMEOUT)
+    if heartbeat is not None and heartbeat < 1:
+        raise ValueError(f"initialize_distributed: {ENV_HEARTBEAT_TIMEOUT} must be >= 1 second, "
+                         f"got {heartbeat}")
+    timeouts = {} if heartbeat is None else {"heartbeat_timeout_seconds": heartbeat}
     if coordinator_address is None and num_processes is None and process_id is None:
         coordinator_address = environ.get(ENV_COORDINATOR) if ENV_NUM_PROCESSES in environ else None
         num_processes = _int_env(environ, ENV_NUM_PROCESSES)
@@ -134,7 +145,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         if num_processes > 1:
             jax.distributed.initialize(coordinator_address=coordinator_address,
                                        num_processes=num_processes, process_id=process_id,
-                                       local_device_ids=local_device_ids)
+                                       local_device_ids=local_device_ids, **timeouts)
     elif _cluster_detected(environ):
-        jax.distributed.initialize(local_device_ids=local_device_ids)
+        jax.distributed.initialize(local_device_ids=local_device_ids, **timeouts)
     return jax.process_index(), jax.process_count()

@@ -2,7 +2,7 @@
 
 Parameters follow the logical axes declared with them (:data:`sleepjax.models.params.PARAM_RULES`,
 derived from the layout tables there); the streaming-inference state follows the axes its type
-declares (:func:`sleepjax.inference.stream_state_logical_axes`). Both resolve through
+declares (:func:`sleepjax.stream_state.stream_state_logical_axes`). Both resolve through
 :mod:`sleepjax.parallel.logical_axes`.
 """
 
@@ -37,7 +37,7 @@ def stream_state_partition_specs(abstract_stream_state, mesh):
     """PartitionSpecs of the streaming-inference state, from the axes it declares: fast weights
     and KV caches split batch over the data axes and heads over ``model``, so wake steps and
     sleeps on a mesh are the same per-shard computation as on one device."""
-    from sleepjax.inference import stream_state_logical_axes
+    from sleepjax.stream_state import stream_state_logical_axes
     from sleepjax.models.carry import LogicalAxes
 
     def spec(axes, leaf):

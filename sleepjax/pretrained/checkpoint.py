@@ -5,10 +5,14 @@ Qwen3.5 (GDN / attention hybrid), Llama and Qwen3 (attention-only). ``load_pretr
 dispatches on config.json's ``model_type`` (and checks ``architectures`` against it);
 ``save_pretrained`` writes Qwen3.5 unless told another ``architecture``.
 
-Loading is all-or-nothing: the checkpoint's tensors are first checked by name and shape
-against what the config implies (every missing, mis-shaped or unexpected tensor is named in
-the error), then converted, then the resulting tree is checked against
-``jax.eval_shape(init_params)`` for the same config. Nothing here downloads anything.
+Loading is all-or-nothing: the checkpoint's tensors are first checked by name, shape and
+stored dtype against what the config implies (every missing, mis-shaped or unexpected tensor is
+named in the error; fp8 and integer / quantised tensors are refused by name), then converted and
+checked to be finite (a NaN / Inf weight is named: a fine-tune from it would fail at its first
+step for a reason that looks like a learning-rate problem), then the resulting tree is checked
+against ``jax.eval_shape(init_params)`` for the same config. Every file-level failure
+(config.json, the index, a safetensors file) is one ValueError naming the file. Nothing here
+downloads anything.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from types import ModuleType
 from typing import Any, Callable, Mapping
@@ -28,7 +33,10 @@ import numpy as np
 from sleepjax.models import ModelConfig, init_params
 from sleepjax.models.validation import tree_differences
 from sleepjax.pretrained import llama_config, llama_weights, qwen3_5_config, qwen3_5_weights
-from sleepjax.pretrained.safetensors_io import CheckpointReader, write_checkpoint
+from sleepjax.pretrained.safetensors_io import CheckpointReader, read_json_file, write_checkpoint
+
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,12 +136,42 @@ def _listing(names) -> str:
 
 
 def read_config(path: str) -> dict:
+    """The ``config.json`` object of a checkpoint directory; ValueError naming the file if it is
+    not UTF-8 JSON holding an object."""
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: no config.json (expected a local Hugging Face "
                                 "checkpoint directory)")
-    with open(config_path) as f:
-        return json.load(f)
+    return read_json_file(config_path)
+
+
+def config_of(path: str, dtype: str = "float32") -> tuple[dict, Family, ModelConfig]:
+    """``(config.json dict, family, ModelConfig)`` of a checkpoint directory; every way the
+    config cannot be read or mapped is a ValueError naming the config.json file."""
+    hf = read_config(path)
+    config_path = os.path.join(path, "config.json")
+    try:
+        family = family_of(hf)
+        return hf, family, family.config_from_hf(hf, dtype)
+    except ValueError as error:
+        message = str(error).removeprefix("config.json: ")
+        raise ValueError(f"{config_path}: {message}") from None
+    except (TypeError, KeyError, AttributeError) as error:   # e.g. a null where a number goes
+        nulls = sorted(k for k, v in hf.items() if v is None)
+        raise ValueError(f"{config_path}: cannot be read as a checkpoint config "
+                         f"({type(error).__name__}: {error})"
+                         + (f"; keys set to null: {nulls}" if nulls else "")) from None
+
+
+def _check_finite(tensors: Mapping[str, np.ndarray], path: str) -> None:
+    """Refuse a NaN / Inf weight, naming the tensor and how many of its values are bad."""
+    for name, array in tensors.items():
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise ValueError(f"{path}: tensor {name!r} has {int(finite.size - finite.sum())} "
+                             f"non-finite value(s) (NaN / Inf) of {finite.size}; a model "
+                             "cannot be trained or run from it (allow_non_finite=True loads it "
+                             "anyway)")
 
 
 def _check_tensors(reader: CheckpointReader, expected: dict, tied_head: bool,
@@ -168,7 +206,8 @@ def _check_tree(params: dict, cfg: ModelConfig) -> None:
                          f"{_listing(problems)}")
 
 
-def load_pretrained(path: str, dtype=None) -> tuple[dict, ModelConfig]:
+def load_pretrained(path: str, dtype=None, *, allow_non_finite: bool = False
+                    ) -> tuple[dict, ModelConfig]:
     """Load a local checkpoint directory: ``(params, model_cfg)``.
 
     Args:
@@ -179,22 +218,38 @@ def load_pretrained(path: str, dtype=None) -> tuple[dict, ModelConfig]:
         ``A``; insert GDN blocks before running it as a sleeping model).
       dtype: parameter dtype, None (float32) or bfloat16, whatever the stored dtype;
         ``model_cfg.dtype`` (the compute dtype) is set to it too.
+      allow_non_finite: load weights holding NaN / Inf (after conversion to ``dtype``) with a
+        logged warning instead of refusing them.
+
+    Raises:
+      FileNotFoundError: no config.json / safetensors file in ``path``.
+      ValueError: one line naming the file (and tensor) for everything else: a config.json or
+        index that is not UTF-8 JSON holding an object, a config sleepjax cannot express, a
+        truncated or corrupt safetensors file, a missing / mis-shaped / unexpected tensor, an
+        fp8 or integer tensor, a non-finite weight.
 
     Returns the parameter tree of :func:`sleepjax.models.init_params` and its config; run it
     with :func:`sleepjax.models.forward_sequence` or :mod:`sleepjax.inference`.
     """
     param_dtype = _param_dtype(dtype)
-    hf = read_config(path)
-    family = family_of(hf)
+    _, family, cfg = config_of(path, param_dtype)
     weights = family.weights
-    cfg = family.config_from_hf(hf, param_dtype)
     reader = CheckpointReader(path)
     prefix = weights.text_prefix(set(reader.names()))
     expected = weights.expected_shapes(cfg, prefix)
     tied_copy = cfg.tie_embeddings and "lm_head.weight" in reader
     _check_tensors(reader, expected, cfg.tie_embeddings, family)
     target = _PARAM_DTYPES[param_dtype]
+    for name in expected:    # from the headers, before any tensor data is read
+        reader.check_dtype(name)
     tensors = {name: reader.get(name).astype(target, copy=False) for name in expected}
+    if allow_non_finite:
+        try:
+            _check_finite(tensors, path)
+        except ValueError as error:
+            _log.warning("loading non-finite weights (allow_non_finite=True): %s", error)
+    else:
+        _check_finite(tensors, path)
     if tied_copy and not np.array_equal(reader.get("lm_head.weight").astype(target),
                                         tensors[prefix + "embed_tokens.weight"]):
         raise ValueError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from "

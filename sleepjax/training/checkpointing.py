@@ -1,6 +1,6 @@
 """Checkpoints: train state, data-iterator position and the resolved config, saved together.
 
-One orbax ``CheckpointManager`` step directory holds three items:
+One orbax ``CheckpointManager`` step directory holds four items:
 
 * ``state``  -- the :class:`~sleepjax.training.state.TrainState` pytree (params, optimiser
   state, step, RNG), written asynchronously when enabled;
@@ -9,17 +9,24 @@ One orbax ``CheckpointManager`` step directory holds three items:
   with a different experiment;
 * ``progress`` -- JSON facts about the run up to that step (its total wall time so far).
 
+A save runs in the background (when asynchronous); a failed one is noticed after the first
+training step that follows the end of its write (:meth:`Checkpointer.seal_finished`, called
+after every step), not at the next save, and raised as a one-line
+:class:`~sleepjax.training.checkpoint_errors.CheckpointWriteError`, orbax's tracebacks going
+to a log file (:mod:`~sleepjax.training.checkpoint_errors`); earlier checkpoints stay intact.
+
 Once a save is on disk, a SHA-256 manifest of the step's files is added to the step directory
 (:mod:`~sleepjax.training.checkpoint_integrity`); restoring verifies it first, and a damaged
 step is named (step and file) and skipped for the previous intact one.
 
 Restoring takes abstract arrays carrying the target shardings, so a checkpoint written on one
-mesh restores onto another. :func:`load_params` restores only the trained parameters (and the
-run's config) of a workdir, e.g. for inference.
+mesh (or number of processes) restores onto another. :func:`load_params` restores only the
+trained parameters (and the run's config) of a workdir, e.g. for inference.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 import os
@@ -33,6 +40,8 @@ import orbax.checkpoint as ocp
 
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.training import checkpoint_integrity as integrity
+from sleepjax.training import paths
+from sleepjax.training.checkpoint_errors import CheckpointErrorLog, write_error
 from sleepjax.training.checkpoint_integrity import CheckpointDamagedError
 from sleepjax.training.config import (config_differences, flatten_config, unflatten_config,
                                       validate_config)
@@ -60,14 +69,16 @@ class Checkpointer:
     multi-host job should; every process verifies).
     """
 
-    def __init__(self, directory: str, *, keep: int, async_save: bool,
+    def __init__(self, directory, *, keep: int, async_save: bool,
                  write_manifests: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.as_path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
+        self._errors = CheckpointErrorLog(self.directory.parent).__enter__()
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._write_manifests = write_manifests
         self._unsealed: list[int] = []     # saved steps whose manifest is not written yet
+        self._failed = False
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -75,8 +86,8 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+    def step_dir(self, step: int):
+        return self.directory / str(step)
 
     def saved_config(self, step: int | None = None) -> dict[str, Any]:
         """The flattened config stored with checkpoint ``step`` (default: the latest)."""
@@ -111,27 +122,37 @@ class Checkpointer:
 
         ``progress``: JSON-able facts about the run so far (e.g. ``{"wall_time_s": ..}``).
         """
-        # orbax waits for the previous save before starting this one anyway: seal it first.
-        self.seal_finished(block=True)
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(flatten_config(cfg)),
-            progress=ocp.args.JsonSave(dict(progress or {})),
-        ))
+        self.seal_finished(block=True)   # orbax would wait for the previous save anyway
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                config=ocp.args.JsonSave(flatten_config(cfg)),
+                progress=ocp.args.JsonSave(dict(progress or {})),
+            ))
+        except Exception as error:   # a synchronous save (or its start) failed
+            raise self._failure(step, error) from None
         self._unsealed.append(step)
 
     def seal_finished(self, block: bool = False) -> None:
         """Write the checksum manifest of every save that is now on disk (cheap when none is:
-        called after every training step). ``block``: wait for the in-flight save first."""
+        called after every training step). ``block``: wait for the in-flight save first.
+
+        Raises:
+          CheckpointWriteError: the save finished but failed (one line; traceback in the log).
+        """
         if not self._unsealed:
             return
-        if block:
-            self._manager.wait_until_finished()
-        elif self._manager.is_saving_in_progress():
+        if not block and self._manager.is_saving_in_progress():
             return
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as error:
+            step, self._unsealed = self._unsealed[-1], []
+            raise self._failure(step, error) from None
         for step in self._unsealed:
-            if self._write_manifests and os.path.isdir(self.step_dir(step)):
+            if self._write_manifests and self.step_dir(step).is_dir():
                 integrity.write_manifest(self.step_dir(step))
         self._unsealed = []
 
@@ -141,8 +162,7 @@ class Checkpointer:
 
     def quarantine(self, step: int) -> str:
         """Move a damaged step to ``<workdir>/damaged_checkpoints/`` so it can be saved again."""
-        target = integrity.quarantine(self.step_dir(step), os.path.join(
-            os.path.dirname(self.directory), DAMAGED_SUBDIR))
+        target = integrity.quarantine(self.step_dir(step), self.directory.parent / DAMAGED_SUBDIR)
         self._manager.reload()
         return target
 
@@ -157,10 +177,11 @@ class Checkpointer:
             the restored arrays are not all finite.
         """
         self.verify(step)
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if not self._restore_data_of_other_process_count(step, data_iterator):
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, OSError) as error:   # a damaged file orbax / tensorstore cannot read
             raise CheckpointDamagedError(step, self.step_dir(step),
                                          f"restore failed ({error})") from None
@@ -170,9 +191,27 @@ class Checkpointer:
                                          f"restored array {bad_leaf} has non-finite values")
         return restored["state"]
 
+    def _restore_data_of_other_process_count(self, step: int, data_iterator) -> bool:
+        """Position ``data_iterator`` from a checkpoint of another number of processes (grain
+        writes ``process_<i>-of-<n>.json`` each); False if this job's own file is there. Each
+        position is the batch count, equal on all processes; differing ones are refused."""
+        data_dir = self.step_dir(step) / "data"
+        own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if own.exists() or not data_dir.is_dir():
+            return False
+        written = [p for p in data_dir.iterdir() if p.name.startswith("process_")]
+        states = {p.read_text() for p in written}
+        if len(states) != 1:
+            raise ValueError(f"checkpoint step {step} in {self.directory}: its "
+                             f"{len(written)} data-iterator files hold different positions, so "
+                             f"it cannot be resumed by {jax.process_count()} process(es); resume "
+                             "it with the number of processes that wrote it")
+        data_iterator.set_state(json.loads(states.pop()))
+        return True
+
     def progress(self, step: int) -> dict[str, Any]:
         """The ``progress`` item of checkpoint ``step`` (empty for checkpoints without one)."""
-        if not os.path.isdir(os.path.join(self.step_dir(step), "progress")):
+        if not (self.step_dir(step) / "progress").is_dir():
             return {}
         restored = self._manager.restore(step, args=ocp.args.Composite(
             progress=ocp.args.JsonRestore()))
@@ -182,9 +221,23 @@ class Checkpointer:
         """Block until every pending asynchronous save is on disk (and has its manifest)."""
         self.seal_finished(block=True)
 
+    def _failure(self, step: int, error: Exception):
+        self._failed = True
+        earlier = [s for s in self.all_steps() if s < step]
+        return write_error(step, error, self.directory, max(earlier, default=None), self._errors)
+
     def close(self) -> None:
-        self.seal_finished(block=True)
-        self._manager.close()
+        try:
+            if not self._failed:
+                self.seal_finished(block=True)
+            self._manager.close()
+        except Exception as error:
+            if not self._failed:
+                raise
+            self._errors.append(f"while closing after the failure: {error!r}")   # said already
+        finally:
+            if not self._failed:   # after a failure orbax's threads may still log errors
+                self._errors.__exit__()
 
     def __enter__(self):
         return self
@@ -244,18 +297,19 @@ def load_params(workdir: str | os.PathLike, step: int | None = None, *, sharding
         be read or holds non-finite parameters; with ``step=None`` a damaged latest checkpoint
         is reported as a warning and the previous intact one is loaded.
     """
-    workdir = os.fspath(workdir)
     if step is not None:
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"load_params: step must be a non-negative int or None (got {step!r})")
         step = int(step)
-    if not os.path.isdir(workdir):
+    workdir = os.fspath(workdir)
+    run_dir = paths.as_path(workdir)
+    if not run_dir.is_dir():
         raise FileNotFoundError(f"load_params: run directory {workdir!r} does not exist")
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))
+    directory = run_dir / CHECKPOINT_SUBDIR
     no_checkpoint = FileNotFoundError(
         f"load_params: {workdir!r} holds no checkpoint (expected {CHECKPOINT_SUBDIR}/<step>/ "
         f"as written by python -m sleepjax.train --workdir={workdir})")
-    if not os.path.isdir(directory):
+    if not directory.is_dir():
         raise no_checkpoint
     # A manager that never creates or saves; every item's handler is named so reading the
     # metadata of a step warns about none of them.
@@ -289,9 +343,9 @@ def load_params(workdir: str | os.PathLike, step: int | None = None, *, sharding
                          sleep=sleep)
 
 
-def _restore_params(manager, directory: str, step: int, sharding):
+def _restore_params(manager, directory, step: int, sharding):
     """``(params, config)`` of one verified checkpoint step (see :func:`load_params`)."""
-    step_dir = os.path.join(directory, str(step))
+    step_dir = directory / str(step)
     integrity.verify_step(step_dir, step)
     try:
         saved_params = manager.item_metadata(step)["state"].tree["params"]

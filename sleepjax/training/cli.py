@@ -1,7 +1,8 @@
 """What ``python -m sleepjax.train`` and ``python -m sleepjax.sweep`` share: quiet library logs,
 one-line errors for bad configs and failed runs, and the exit codes.
 
-Exit codes: 0 done; 1 an error (config, workdir, checkpoint, non-finite training), printed as
+Exit codes: 0 done; 1 an error (config, workdir, a checkpoint that could not be read or
+written, non-finite training), printed as
 ``error: ...``; 130 stopped by Ctrl-C / SIGTERM, printed as ``interrupted: ...``.
 """
 
@@ -62,7 +63,8 @@ def _last_line(text: str) -> str:
 
 
 def make_flags_parser(config_flag: str = "config") -> Callable[[list[str]], list[str]]:
-    """An ``app.run(flags_parser=...)`` that reports any flag or config error in one line.
+    """An ``app.run(flags_parser=...)`` that reports any flag or config error, and any
+    positional argument, in one line.
 
     ``config_flags`` reports a missing file only when the config is first used, an exception
     inside the file as a traceback inside the message, and an unknown override key as a bare
@@ -73,6 +75,9 @@ def make_flags_parser(config_flag: str = "config") -> Callable[[list[str]], list
             remaining = flags.FLAGS(argv)
         except Exception as error:   # any flag error, or the config file's own exception
             fail(_describe_flag_error(argv, config_flag, error))
+        if len(remaining) > 1:   # absl would print the whole usage text for these
+            fail(f"unexpected positional argument(s) {remaining[1:]}: every option is a flag "
+                 "(--name=value); see --help")
         config_value = flags.FLAGS[config_flag].value
         if config_value is not None:
             try:
@@ -121,6 +126,7 @@ def quiet_library_logs() -> None:
 
 def run_reporting_errors(body: Callable[[], int]) -> int:
     """Run a CLI's body; expected failures become one line on stderr and a non-zero exit."""
+    from sleepjax.training.checkpoint_errors import CheckpointWriteError
     from sleepjax.training.interrupts import TrainingInterrupted
     from sleepjax.training.trainer import NonFiniteError
     from sleepjax.training.workdir_lock import WorkdirBusyError
@@ -134,6 +140,13 @@ def run_reporting_errors(body: Callable[[], int]) -> int:
         print("interrupted: stopped at once (second Ctrl-C or outside a training step); "
               "checkpoints already on disk are complete", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except CheckpointWriteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # orbax's failed background threads would print tracebacks while the interpreter shuts
+        # down; the checkpoints on disk are complete, nothing is left to write.
+        os._exit(EXIT_ERROR)
     except (NonFiniteError, WorkdirBusyError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR

@@ -19,7 +19,6 @@ one ``ValueError`` naming the full key (``sleep.window``, ``task.t``, ...).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from typing import Any, Mapping

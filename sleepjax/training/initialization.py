@@ -41,13 +41,13 @@ ignores the source. The step-0 parameters are built by :mod:`sleepjax.training.w
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Mapping
 
 import ml_collections
 
 from sleepjax.models.config import ModelConfig
+from sleepjax.training import paths
 
 CHECKPOINT_SUBDIR = "checkpoints"   # as checkpointing.CHECKPOINT_SUBDIR (a run's checkpoints)
 # ModelConfig fields a run may choose whatever its source: how it computes, not what.
@@ -139,9 +139,8 @@ def init_section_defaults() -> ml_collections.ConfigDict:
 
 def pretrained_model_config(path: str) -> ModelConfig:
     """The ModelConfig of a Hugging Face directory's ``config.json`` (no weights read)."""
-    from sleepjax.pretrained import model_config_from_hf   # lazy: heavy optional deps
-    with open(os.path.join(path, "config.json")) as f:
-        return model_config_from_hf(json.load(f))
+    from sleepjax.pretrained.checkpoint import config_of   # lazy: heavy optional deps
+    return config_of(path)[2]
 
 
 def load_pretrained_params(path: str):
@@ -157,8 +156,8 @@ def _run_model_config(workdir: str, step: int | None) -> ModelConfig:
 
     from sleepjax import data
 
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))
-    if not os.path.isdir(directory):
+    directory = paths.as_path(workdir) / CHECKPOINT_SUBDIR
+    if not directory.is_dir():
         raise ValueError(f"init.from_run: {workdir!r} holds no checkpoint (no "
                          f"{CHECKPOINT_SUBDIR}/ of a sleepjax run)")
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
@@ -213,7 +212,7 @@ def source_model_config(init: InitConfig) -> ModelConfig:
             return pretrained_model_config(path)
         except ValueError as error:
             raise ValueError(f"init.checkpoint_dir: {path!r}: {error}") from None
-    if not os.path.isdir(init.from_run):
+    if not paths.as_path(init.from_run).is_dir():
         raise ValueError(f"init.from_run: no such run directory {init.from_run!r}")
     return _run_model_config(init.from_run, init.from_run_step)
 

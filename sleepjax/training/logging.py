@@ -6,17 +6,22 @@ process gets a :class:`RunLogger` whose writes are no-ops, so the training loop 
 per-host branches. Checkpoints are *not* written here: orbax coordinates multi-host saves
 itself and must be called on every process.
 
-``train_log.jsonl`` (flushed every line) and ``eval.json`` are the record of a run; TensorBoard
-buffers its events, so a killed run loses its last ones and a resumed one would repeat the
-steps past its checkpoint. On resume the ``tensorboard/`` directory is therefore rebuilt from
-those two files (:func:`rebuild_tensorboard`), so both always hold the same records.
+``train_log.jsonl`` (flushed every line; on a bucket, where an object cannot be appended to,
+rewritten whole before every checkpoint and evaluation and at the end) and ``eval.json`` are the
+record of a run; TensorBoard buffers its events, so a killed run loses its last ones and a
+resumed one would repeat the steps past its checkpoint. On resume the ``tensorboard/``
+directory is therefore rebuilt from those two files (:func:`rebuild_tensorboard`), so both
+always hold the same records. A TensorBoard writer that cannot write (e.g. a ``gs://`` workdir
+without google-cloud-storage) is dropped with one warning: the two files hold the same records.
+
+Every path goes through :mod:`sleepjax.training.paths` (local directories and ``gs://``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
 import sys
 import time
 from typing import Mapping
@@ -24,8 +29,10 @@ from typing import Mapping
 import jax
 from tqdm.auto import tqdm
 
+from sleepjax.training import paths
 from sleepjax.training.config import flatten_config
-from sleepjax.training.evaluate import write_json
+
+_log = logging.getLogger(__name__)
 
 
 def is_primary_process() -> bool:
@@ -33,36 +40,34 @@ def is_primary_process() -> bool:
     return jax.process_index() == 0
 
 
-def write_config(workdir: str, cfg) -> str:
+def write_config(workdir, cfg):
     """Save the resolved experiment config as ``<workdir>/config.json`` (and a readable text copy).
 
     Writes unconditionally; :meth:`RunLogger.write_config` is the multi-host-safe call.
     """
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    with open(path, "w") as f:
-        json.dump(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg), f, indent=2, default=list)
-        f.write("\n")
-    with open(os.path.join(workdir, "config.txt"), "w") as f:
-        for key, value in flatten_config(cfg).items():
-            f.write(f"{key} = {value!r}\n")
+    workdir = paths.as_path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    paths.write_text(path, json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+                                      indent=2, default=list) + "\n")
+    paths.write_text(workdir / "config.txt", "".join(
+        f"{key} = {value!r}\n" for key, value in flatten_config(cfg).items()))
     return path
 
 
-def read_eval_history(workdir: str, up_to_step: int) -> list[dict]:
+def read_eval_history(workdir, up_to_step: int) -> list[dict]:
     """The ``eval.json`` history entries of ``workdir`` up to ``up_to_step`` (empty if none).
 
     Read on every process (the history is part of what a run returns); only written by one.
     """
-    path = os.path.join(workdir, RunLogger.EVAL_FILE)
-    if not os.path.exists(path):
+    path = paths.as_path(workdir) / RunLogger.EVAL_FILE
+    if not path.exists():
         return []
-    with open(path) as f:
-        try:
-            history = json.load(f).get("history", [])
-        except ValueError as error:
-            raise ValueError(f"{path}: not valid JSON ({error}); restore it or delete it to "
-                             "drop the evaluation history") from None
+    try:
+        history = json.loads(path.read_text()).get("history", [])
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); restore it or delete it to "
+                         "drop the evaluation history") from None
     return [h for h in history if h["step"] <= up_to_step]
 
 
@@ -85,22 +90,92 @@ def _add_eval_scalars(writer, step: int, result: Mapping, walltime: float | None
     writer.add_scalar("eval/loss", result["loss"], step, walltime=walltime)
 
 
-def rebuild_tensorboard(workdir: str, writer_factory, history: list[Mapping]):
+def rebuild_tensorboard(workdir, writer_factory, history: list[Mapping]):
     """Delete ``<workdir>/tensorboard`` and rewrite it from ``train_log.jsonl`` and ``history``
     (the evaluations kept on resume); returns the new writer (``writer_factory(logdir)``)."""
-    logdir = os.path.join(workdir, "tensorboard")
-    shutil.rmtree(logdir, ignore_errors=True)
-    writer = writer_factory(logdir)
-    log_path = os.path.join(workdir, RunLogger.TRAIN_LOG_FILE)
-    if os.path.exists(log_path):
-        with open(log_path) as f:
-            for line in f:
-                if line.strip():
-                    _add_train_scalars(writer, json.loads(line))
+    workdir = paths.as_path(workdir)
+    logdir = workdir / "tensorboard"
+    paths.remove_tree(logdir)
+    writer = writer_factory(os.fspath(logdir))
+    log_path = workdir / RunLogger.TRAIN_LOG_FILE
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            if line.strip():
+                _add_train_scalars(writer, json.loads(line))
     for entry in history:
         _add_eval_scalars(writer, entry["step"], entry)
     writer.flush()
     return writer
+
+
+class _TolerantWriter:
+    """A TensorBoard writer whose first failure (creating it, or any later call) becomes one
+    warning, after which it does nothing: train_log.jsonl and eval.json hold the records."""
+
+    def __init__(self, factory, logdir: str):
+        self._writer = None
+        self._logdir = logdir
+        self._call(lambda: setattr(self, "_writer", factory(logdir)))
+
+    def _call(self, action):
+        if self._logdir is None:
+            return
+        try:
+            action()
+        except Exception as error:   # any client or storage error: TensorBoard is optional
+            _log.warning("TensorBoard: cannot write to %s (%s: %s); continuing without it "
+                         "(train_log.jsonl and eval.json hold the same records)", self._logdir,
+                         type(error).__name__, _first_line(error))
+            self._writer = self._logdir = None
+
+    def add_scalar(self, *args, **kwargs):
+        self._call(lambda: self._writer.add_scalar(*args, **kwargs))
+
+    def flush(self):
+        self._call(lambda: self._writer.flush())
+
+    def close(self):
+        self._call(lambda: self._writer.close())
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+class _LineLog:
+    """``train_log.jsonl`` open for appending. Locally each line is flushed as it is written;
+    an object store cannot append, so there the whole file is rewritten on :meth:`flush`."""
+
+    def __init__(self, path, kept_lines: list[str]):
+        self._path = path
+        self._local = paths.is_local(path)
+        self._lines = list(kept_lines)
+        self._dirty = True
+        if self._local:
+            self._file = open(os.fspath(path), "w")
+            self._file.writelines(self._lines)
+            self._file.flush()
+            self._lines = []
+
+    def write(self, line: str) -> None:
+        if self._local:
+            self._file.write(line)
+            self._file.flush()
+        else:
+            self._lines.append(line)
+            self._dirty = True
+
+    def flush(self) -> None:
+        if not self._local and self._dirty:
+            paths.write_text(self._path, "".join(self._lines))
+            self._dirty = False
+
+    def close(self) -> None:
+        if self._local:
+            self._file.close()
+        else:
+            self.flush()
 
 
 class RunLogger:
@@ -139,16 +214,20 @@ class RunLogger:
             return
         from tensorboardX import SummaryWriter  # heavy import; only when a run starts
 
-        os.makedirs(workdir, exist_ok=True)
-        log_path = os.path.join(workdir, self.TRAIN_LOG_FILE)
-        _truncate_jsonl(log_path, start_step)
-        self._log_file = open(log_path, "a")
+        workdir = self._workdir = paths.as_path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = workdir / self.TRAIN_LOG_FILE
+        self._log_file = _LineLog(log_path, _kept_lines(log_path, start_step))
+
+        def tolerant(logdir):
+            return _TolerantWriter(SummaryWriter, logdir)
+
         if start_step > 0:   # resuming: TensorBoard may lack or repeat events (module doc)
-            self._writer = rebuild_tensorboard(workdir, SummaryWriter,
+            self._writer = rebuild_tensorboard(workdir, tolerant,
                                                read_eval_history(workdir, start_step))
         else:
-            shutil.rmtree(os.path.join(workdir, "tensorboard"), ignore_errors=True)
-            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            paths.remove_tree(workdir / "tensorboard")
+            self._writer = tolerant(os.fspath(workdir / "tensorboard"))
 
     def write_config(self, cfg) -> None:
         """``config.json`` / ``config.txt`` (see :func:`write_config`)."""
@@ -168,24 +247,25 @@ class RunLogger:
                   **{f"lr_{k}": v for k, v in learning_rates.items()},
                   "tokens_per_second": tokens_per_s, "time": time.time()}
         self._log_file.write(json.dumps(record) + "\n")
-        self._log_file.flush()
         _add_train_scalars(self._writer, record)
 
     def log_eval(self, step: int, result: Mapping, history: list[Mapping]):
         """Record evaluation ``result`` of ``step``; ``history`` (ending with it) goes to eval.json."""
         if not self.enabled:
             return
-        write_json(os.path.join(self._workdir, self.EVAL_FILE),
-                   {**self._eval_header, "history": list(history)})
+        self._log_file.flush()
+        paths.write_json(self._workdir / self.EVAL_FILE,
+                         {**self._eval_header, "history": list(history)})
         _add_eval_scalars(self._writer, step, result)
         self._writer.flush()
         self._bar.write(f"step {step}: eval loss {result['loss']:.4f}, exact-match accuracy "
                         + ", ".join(f"{k}={v:.3f}" for k, v in result["accuracy"].items()))
 
     def flush(self):
-        """Write buffered TensorBoard events to disk (called before each checkpoint)."""
+        """Write buffered TensorBoard events and log lines out (called before each checkpoint)."""
         if self._writer is not None:
             self._writer.flush()
+            self._log_file.flush()
 
     def close(self):
         self._bar.close()
@@ -201,19 +281,17 @@ class RunLogger:
         return False
 
 
-def _truncate_jsonl(path: str, up_to_step: int) -> None:
-    """Drop log lines past the resumed step (written by the run that was interrupted), and a
-    last line cut short by a kill in mid-write."""
-    if not os.path.exists(path):
-        return
+def _kept_lines(path, up_to_step: int) -> list[str]:
+    """The log lines of steps up to the resumed one: lines past it (written by the run that was
+    interrupted) and a last line cut short by a kill in mid-write are dropped."""
+    if not path.exists():
+        return []
     kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record["step"] <= up_to_step:
-                kept.append(json.dumps(record) + "\n")
-    with open(path, "w") as f:
-        f.writelines(kept)
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record["step"] <= up_to_step:
+            kept.append(json.dumps(record) + "\n")
+    return kept

@@ -2,15 +2,23 @@
 
 Figures are built with ``matplotlib.figure.Figure`` directly rather than pyplot, so importing
 this module never switches the process-wide backend (a notebook keeps its inline plots).
-Inputs are the summary of :func:`sleepjax.training.stats.summarize`.
+Inputs are the summary of :func:`sleepjax.training.stats.summarize`. Paths may be local or
+``gs://`` (:mod:`sleepjax.training.paths`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 from matplotlib.figure import Figure
+
+from sleepjax.training import paths
+
+
+def _save(fig, path) -> None:
+    """Write ``fig`` as a PNG through the path type (matplotlib writes local files only)."""
+    with paths.as_path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=120)
 
 
 def _level_key(level: str):
@@ -33,7 +41,7 @@ def _finish(fig, ax, path: str, *, xlabel: str, ylabel: str, title: str, ylim=(0
     ax.legend(fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
 
 
 def _band(ax, curve: Mapping, label: str) -> None:
@@ -79,7 +87,7 @@ def plot_loss_vs_tokens(summary: Mapping, path: str, *, title: str = "") -> None
     axes[-1].legend(fontsize=7)
     fig.suptitle(title or "test loss vs training tokens (mean, min-max band over seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
 
 
 def plot_accuracy_vs_passes(summary: Mapping, path: str, *, title: str = "") -> None:
@@ -132,18 +140,17 @@ def plot_cross_eval(summary: Mapping, path: str, *, title: str = "") -> None:
             ylabel="exact-match accuracy", title=title or "train at N, evaluate at N'")
 
 
-def plot_sweep(summary: Mapping, workdir: str) -> list[str]:
+def plot_sweep(summary: Mapping, workdir) -> list:
     """Every figure of a sweep into ``workdir``; returns the paths written."""
-    paths = []
+    directory = paths.as_path(workdir)
+    written = []
     for name, fn in (("accuracy_vs_tokens.png", plot_accuracy_vs_tokens),
                      ("accuracy_vs_passes.png", plot_accuracy_vs_passes),
                      ("accuracy_vs_difficulty.png", plot_accuracy_vs_difficulty),
                      ("loss_vs_tokens.png", plot_loss_vs_tokens)):
-        path = os.path.join(workdir, name)
-        fn(summary, path)
-        paths.append(path)
+        fn(summary, directory / name)
+        written.append(directory / name)
     if any(s["cross_eval"] for s in summary["settings"]):
-        path = os.path.join(workdir, "cross_eval.png")
-        plot_cross_eval(summary, path)
-        paths.append(path)
-    return paths
+        plot_cross_eval(summary, directory / "cross_eval.png")
+        written.append(directory / "cross_eval.png")
+    return written

@@ -15,7 +15,9 @@ steps and at the end. Workdir layout::
 
 Reliability: a second run into a busy workdir is refused (:mod:`workdir_lock`); an evaluation
 due at a checkpoint step runs before that checkpoint is saved, so an interrupt never skips it;
-Ctrl-C / SIGTERM stop after the current step with a final checkpoint (:mod:`interrupts`); a
+Ctrl-C / SIGTERM stop after the current step with a final checkpoint (:mod:`interrupts`), on
+every process of a multi-host job at the same step (:mod:`~sleepjax.parallel.stop_agreement`); a
+failed checkpoint write stops the run at the first step after it (:mod:`checkpoint_errors`); a
 damaged latest checkpoint is reported and the previous intact one used; the run's total wall
 time is carried across resumes in the checkpoints.
 
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from typing import Callable, Mapping
 
@@ -43,9 +44,10 @@ from sleepjax.parallel.data_parallel import jit_train_step
 from sleepjax.parallel.logical_axes import replicated, with_shardings
 from sleepjax.parallel.mesh import make_mesh, validate_model_for_mesh
 from sleepjax.parallel.multihost import batch_sharding, host_shard_info, make_global_batch
+from sleepjax.parallel.stop_agreement import agreed_stop
 from sleepjax.parallel.state_shardings import train_state_shardings
 from sleepjax.training import evaluate as evaluation
-from sleepjax.training import initialization, warm_start
+from sleepjax.training import initialization, paths, warm_start
 from sleepjax.training.checkpointing import CHECKPOINT_SUBDIR, CheckpointDamagedError, Checkpointer
 from sleepjax.training.config import ResolvedConfig, validate_config
 from sleepjax.training.interrupts import StopRequests, TrainingInterrupted
@@ -63,14 +65,15 @@ class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss or gradient; the bad update was not applied or saved."""
 
 
-def train_and_evaluate(cfg, workdir: str, *,
+def train_and_evaluate(cfg, workdir, *,
                        step_callback: Callable[[int, Mapping[str, float]], None] | None = None,
                        allow_schedule_change: bool = False) -> dict:
     """Train and evaluate the experiment ``cfg`` in ``workdir``; resume if it holds a checkpoint.
 
     Args:
       cfg: experiment ``ConfigDict`` (see :mod:`sleepjax.training.config`).
-      workdir: output directory (created).
+      workdir: output directory (created): a local path or ``gs://bucket/dir``
+        (:mod:`~sleepjax.training.paths`).
       step_callback: called on the host after every finished step as ``(step, metrics)``;
         an exception it raises stops the run like a kill would (no extra checkpoint).
       allow_schedule_change: resume even though a field that shapes the learning-rate schedule
@@ -97,12 +100,12 @@ def train_and_evaluate(cfg, workdir: str, *,
     rc: ResolvedConfig = validate_config(cfg)
     if rc.init.active:   # save (and compare on resume) the architecture the source gave
         cfg = initialization.explicit_model_section(cfg, rc.model)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.make_directory(paths.run_directory(workdir))
     with WorkdirLock(workdir, enabled=run_logging.is_primary_process()), StopRequests() as stop:
         return _train_locked(cfg, rc, workdir, started, stop, step_callback, allow_schedule_change)
 
 
-def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: StopRequests,
+def _train_locked(cfg, rc: ResolvedConfig, workdir, started: float, stop: StopRequests,
                   step_callback, allow_schedule_change: bool) -> dict:
     """The body of :func:`train_and_evaluate`, run while holding the workdir lock."""
     train_cfg = rc.train
@@ -127,7 +130,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
     abstract_state = jax.eval_shape(init_fn, rng, example_tokens)
     state_shardings = train_state_shardings(abstract_state, mesh, rc.model)
 
-    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR),
+    checkpointer = Checkpointer(workdir / CHECKPOINT_SUBDIR,
                                 keep=train_cfg.keep_checkpoints,
                                 async_save=train_cfg.async_checkpointing,
                                 write_manifests=run_logging.is_primary_process())
@@ -199,12 +202,14 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir: str, started: float, stop: S
                        description=f"train N={training_label(rc.sleep)} seed={train_cfg.seed}", eval_header=header) as logger:
             logger.write_config(cfg)
             while step < train_cfg.steps:
-                if stop.requested:
+                stop_request = agreed_stop(stop.requested)   # the same on every process
+                if stop_request:
                     if step > start_step and checkpointer.latest_step() != step:
                         save(step)
                     kept = checkpointer.latest_step()
+                    by = "" if stop_request == stop.requested else " by another process"
                     raise TrainingInterrupted(
-                        f"{stop.requested} received: stopped after step {step}; "
+                        f"{stop_request} received{by}: stopped after step {step}; "
                         + (f"checkpoint step {kept} is complete in {checkpointer.directory}"
                            if kept is not None else "no checkpoint was written yet")
                         + "; rerun the same command to resume")

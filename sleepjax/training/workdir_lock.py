@@ -1,6 +1,7 @@
-"""One running job per workdir: an exclusive ``fcntl.flock`` on ``<workdir>/workdir.lock``.
+"""One running job per workdir: an exclusive ``fcntl.flock`` on ``<workdir>/workdir.lock``, or
+on a bucket workdir (``gs://``) a renewed lease object (:mod:`~sleepjax.training.workdir_lease`).
 
-The operating system releases a ``flock`` when its holder's file descriptor closes, including
+Locally, the operating system releases a ``flock`` when its holder's file descriptor closes, including
 when the process crashes or is killed, so a stale lock file never blocks a later run. The file
 itself is left in place (deleting a lock file races with a process that just opened it); its
 content names the current or last holder (pid, host, start time) for the refusal message.
@@ -15,6 +16,9 @@ import json
 import os
 import socket
 
+from sleepjax.training import paths
+from sleepjax.training.workdir_lease import WorkdirLease
+
 LOCK_FILE = "workdir.lock"
 
 
@@ -22,22 +26,32 @@ class WorkdirBusyError(RuntimeError):
     """Another live process holds the workdir's lock."""
 
 
+def _busy(workdir, holder: str) -> WorkdirBusyError:
+    return WorkdirBusyError(f"workdir {workdir} is in use by another run ({holder}); wait for it "
+                            "to finish or use another --workdir")
+
+
 class WorkdirLock:
-    """Context manager holding ``<workdir>/workdir.lock`` exclusively; refuses at once if busy.
+    """Context manager holding the workdir exclusively; refuses at once if busy.
 
     Args:
-      workdir: the run directory (created).
+      workdir: the run directory (created), local or ``gs://``.
       enabled: take the lock at all; in a multi-host job only the primary process does (every
         process works in the same workdir, so the others must not compete for it).
     """
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
-        self.path = os.path.join(workdir, LOCK_FILE)
+    def __init__(self, workdir, *, enabled: bool = True):
+        self._lease = None if paths.is_local(workdir) else WorkdirLease(
+            paths.as_path(workdir), _busy)
+        self.path = os.path.join(os.fspath(workdir), LOCK_FILE)
         self._enabled = enabled
         self._file = None
 
     def acquire(self) -> None:
         if not self._enabled:
+            return
+        if self._lease is not None:
+            self._lease.acquire()
             return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         # "a+" opens without truncating: the holder's description must survive our failed try.
@@ -50,10 +64,7 @@ class WorkdirLock:
             lock_file.close()
             if error.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            raise WorkdirBusyError(
-                f"workdir {os.path.dirname(self.path)} is in use by another run "
-                f"({_describe_holder(holder)}); wait for it to finish or use another --workdir"
-            ) from None
+            raise _busy(os.path.dirname(self.path), _describe_holder(holder)) from None
         lock_file.seek(0)
         lock_file.truncate()
         json.dump({"pid": os.getpid(), "host": socket.gethostname(),
@@ -63,6 +74,8 @@ class WorkdirLock:
         self._file = lock_file
 
     def release(self) -> None:
+        if self._lease is not None and self._enabled:
+            self._lease.release()
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()

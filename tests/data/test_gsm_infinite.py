@@ -212,7 +212,7 @@ def test_without_files_the_generator_is_used():
 def test_experiment_config_and_trainer_batches(files):
     from sleepjax.training import experiment_files as common
     from sleepjax.training.config import validate_config
-from sleepjax.training.experiment_files import load_config
+    from sleepjax.training.experiment_files import load_config
 
     rows_path, tokenizer_path = files
     tiny = load_config(os.path.join(REPO, "experiments", "gsm.py") + ":tiny")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from support.model import BATCH, VOCAB, WINDOW, model_config, params_for, sleep_config, tokens
-from sleepjax import inference
+from sleepjax import inference, stream_state
 from sleepjax.models import ModelConfig, SleepConfig, SleepLM, validate_tokens
 
 
@@ -224,13 +224,13 @@ def test_the_position_known_on_the_host_follows_every_call():
              lambda s: inference.generate(params, tokens(3), 2, state=s, **kw).state]
     for call in calls + calls[::-1]:
         state = call(state)
-        assert inference._checked_position(state, model_cfg, sleep_cfg) == int(state.position)
+        assert stream_state.checked_position(state, model_cfg, sleep_cfg) == int(state.position)
     while int(state.position) < WINDOW:
         state = inference.wake_step(params, state, token, **kw)[1]
     with pytest.raises(ValueError, match="state.position: the window is full"):
         inference.step(params, state, token, **kw)
     state = inference.sleep(params, state, **kw)
-    assert inference._checked_position(state, model_cfg, sleep_cfg) == int(state.position) == 0
+    assert stream_state.checked_position(state, model_cfg, sleep_cfg) == int(state.position) == 0
     # a returned state is still checked against other configs
     with pytest.raises(ValueError, match=r"state: built for window L=4 .* sleep_cfg.window = 8"):
         inference.wake_step(params, state, token, model_cfg=model_cfg,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from support.model import (BATCH, VOCAB, WINDOW, forward, masked_mean_loss, max_rel_err,
+from support.model import (BATCH, WINDOW, forward, masked_mean_loss, max_rel_err,
                            model_config, params_for, sleep_config, tokens)
 from sleepjax import inference
 from sleepjax.models import pass_law

@@ -7,8 +7,6 @@ sleeping windows too), and the compiled step's temporary memory must not hold
 ``[B, T, vocab]`` logits.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
