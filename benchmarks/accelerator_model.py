@@ -18,7 +18,7 @@ from accelerator_ops import describe_error
 from bench_gdr import time_alternating
 
 # The paper's Rule 110 runs: about 5 B training tokens (100 k steps of 512 x 100 tokens) in under
-# one A6000 GPU-day each (shared/PAPER.md, "Compute"); their throughput was at least this.
+# one A6000 GPU-day each (the paper's training details); their throughput was at least this.
 PAPER_RULE110_TOKENS = 5e9
 A6000_DAY_S = 86_400.0
 TRAIN_SIZES = {False: dict(variant="paper", batch=512, matmul_dims=(4096, 8192), repeats=5),

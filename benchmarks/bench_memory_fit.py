@@ -1,11 +1,11 @@
-"""Memory fit of fine-tuning a Qwen3.5-0.8B-shaped sleeping model (issue 13, item 3).
+"""Memory fit of fine-tuning a Qwen3.5-0.8B-shaped sleeping model.
 
 A random-weight model shaped like Qwen3.5-0.8B (d_model 1024, 24 layers "GGGA" x 6, vocab
 248,320, attention 8 heads x 256, GDN 16 heads x 128, MLP 3584, tied head) at the paper's
 GSM-Infinite lengths (T = 3300 inputs; window L = 2000, the Jet-style hard-eviction setting,
 and L = 512), batch 1, for N = 1, 2, 4 passes. Two losses side by side:
 
-* ``full``: the former loss, float32 logits ``[B, T, vocab]`` of every position;
+* ``full``: the loss from full logits, float32 logits ``[B, T, vocab]`` of every position;
 * ``gathered``: the head and cross-entropy only at loss positions, in chunks
   (``sleepjax.training.loss.gathered_token_losses``), from ``forward_hidden``.
 

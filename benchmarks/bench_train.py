@@ -73,7 +73,7 @@ def analytic_flops(rc, params, batch):
         if kind == "A":
             flops += 4 * model.attn_heads * model.attn_head_dim * (window + 1) / 2   # GQA: same
         else:
-            flops += 6 * model.gdn_num_value_heads * model.gdn_head_dim * model.gdn_value_dim
+            flops += 6 * model.gdn_value_heads * model.gdn_head_dim * model.gdn_value_head_dim
         per_block.append(flops)
     wake = sum(per_block)
     sleep_pass = sum(per_block[start:end])

@@ -38,7 +38,8 @@ from sleepjax.parallel import multihost
 from sleepjax.training import cli, lr_grid, paths, plots, stats
 from sleepjax.training.baselines import task_baselines
 from sleepjax.training.checkpointing import load_params
-from sleepjax.training.config import flatten_config, same_config, validate_config
+from sleepjax.training.config import validate_config
+from sleepjax.training.config_io import flatten_config, same_config
 from sleepjax.training.cross_eval import evaluate_adaptive, evaluate_at_passes
 from sleepjax.training.experiment_files import apply_overrides, load_config_module
 from sleepjax.training import logging as run_logging

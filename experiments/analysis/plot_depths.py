@@ -1,6 +1,6 @@
 """Fig. 2a analogue: accuracy vs training tokens of several sweeps that differ in depth t.
 
-    python experiments/analysis/plot_depths.py --out=results/fig2a_depth.png \
+    python experiments/analysis/plot_depths.py --out=results/fig2a_rule110_depth.png \
         runs/e3_depth_t0 runs/e3_depth_t1 runs/e3_depth_t2 runs/e3_depth_t3
 
 Each argument is a sweep workdir (``python -m sleepjax.sweep``) with one setting; its curve is

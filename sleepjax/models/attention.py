@@ -33,7 +33,7 @@ class KVCache(NamedTuple):
 
 
 def zero_kv_cache(cfg: ModelConfig, batch_size: int, slots: int) -> KVCache:
-    shape = (batch_size, slots, cfg.kv_heads, cfg.attn_head_dim)
+    shape = (batch_size, slots, cfg.attn_kv_heads, cfg.attn_head_dim)
     dt = compute_dtype(cfg)
     return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
 
@@ -60,7 +60,7 @@ def _project_qkv(p, x, cfg):
     dt = compute_dtype(cfg)
     bsz, seq, _ = x.shape
     q = dense(x, p["wq"], dt).reshape(bsz, seq, cfg.attn_heads, cfg.attn_head_dim)
-    k, v = (dense(x, p[name], dt).reshape(bsz, seq, cfg.kv_heads, cfg.attn_head_dim)
+    k, v = (dense(x, p[name], dt).reshape(bsz, seq, cfg.attn_kv_heads, cfg.attn_head_dim)
             for name in ("wk", "wv"))
     if cfg.attn_qk_norm:
         q, k = norm(q, p["q_norm"], cfg), norm(k, p["k_norm"], cfg)

@@ -67,7 +67,7 @@ def zero_previous_kv(cfg: ModelConfig, sleep_cfg: SleepConfig, batch_size: int) 
     """Sliding eviction's previous-window K/V before the first boundary (``{}`` if hard)."""
     if sleep_cfg.eviction != "sliding":
         return {}
-    shape = (batch_size, sleep_cfg.window - 1, cfg.kv_heads, cfg.attn_head_dim)
+    shape = (batch_size, sleep_cfg.window - 1, cfg.attn_kv_heads, cfg.attn_head_dim)
     dt = layers.compute_dtype(cfg)
     return {name: (jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for name in attn_layer_names(cfg)}
 

@@ -8,6 +8,7 @@ error naming the config key before anything is traced.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 from sleepjax.models.pass_law import is_fixed, parse_train_passes
@@ -78,15 +79,21 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise _fail(p, name, "must be an int >= 0 (0 = the default)", value)
-        if self.attn_heads % self.kv_heads:
-            raise _fail(p, "attn_kv_heads", f"must divide attn_heads={self.attn_heads}",
-                        self.attn_kv_heads)
-        if self.gdn_num_value_heads % self.gdn_heads:
-            raise _fail(p, "gdn_value_heads", f"must be a multiple of gdn_heads={self.gdn_heads}",
-                        self.gdn_value_heads)
         if self.gdn_value_head_dim and self.gdn_expand_v != 1:
             raise _fail(p, "gdn_value_head_dim", "set either it or gdn_expand_v, not both",
                         self.gdn_value_head_dim)
+        # The 0 / None defaults resolve here, once: from now on each field holds its value.
+        resolve = functools.partial(object.__setattr__, self)
+        resolve("attn_kv_heads", self.attn_kv_heads or self.attn_heads)
+        resolve("gdn_value_heads", self.gdn_value_heads or self.gdn_heads)
+        resolve("gdn_value_head_dim", self.gdn_value_head_dim or self.gdn_head_dim * self.gdn_expand_v)
+        resolve("gdn_expand_v", 1)
+        if self.attn_heads % self.attn_kv_heads:
+            raise _fail(p, "attn_kv_heads", f"must divide attn_heads={self.attn_heads}",
+                        self.attn_kv_heads)
+        if self.gdn_value_heads % self.gdn_heads:
+            raise _fail(p, "gdn_value_heads", f"must be a multiple of gdn_heads={self.gdn_heads}",
+                        self.gdn_value_heads)
         for name in ("attn_output_gate", "attn_qk_norm", "zero_centered_norms"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(p, name, "must be a bool", getattr(self, name))
@@ -124,6 +131,8 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise _fail(p, name, "must be a positive number", value)
+        resolve("gdn_norm_eps", self.norm_eps if self.gdn_norm_eps is None else self.gdn_norm_eps)
+        resolve("mlp_hidden", self.mlp_hidden or -(-(8 * self.d_model // 3) // 64) * 64)
 
     @property
     def num_layers(self) -> int:
@@ -135,35 +144,11 @@ class ModelConfig:
         return self.layer_pattern.upper()
 
     @property
-    def kv_heads(self) -> int:
-        """Attention key/value heads (``attn_kv_heads`` resolved)."""
-        return self.attn_kv_heads or self.attn_heads
-
-    @property
     def rotary_dim(self) -> int:
         """Features of each attention head that RoPE rotates (0 without positions)."""
         if self.position_encoding == "none":
             return 0
         return int(self.attn_head_dim * self.rope_fraction)
-
-    @property
-    def gdn_num_value_heads(self) -> int:
-        """Fast-weight matrices per GDN layer (``gdn_value_heads`` resolved)."""
-        return self.gdn_value_heads or self.gdn_heads
-
-    @property
-    def gdn_value_dim(self) -> int:
-        return self.gdn_value_head_dim or self.gdn_head_dim * self.gdn_expand_v
-
-    @property
-    def gdn_out_norm_eps(self) -> float:
-        return self.norm_eps if self.gdn_norm_eps is None else self.gdn_norm_eps
-
-    @property
-    def mlp_hidden_dim(self) -> int:
-        if self.mlp_hidden:
-            return self.mlp_hidden
-        return -(-(8 * self.d_model // 3) // 64) * 64
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
@@ -184,7 +169,7 @@ class SleepConfig:
     coda: str = "after_loop"
     remat: bool = True               # rematerialise each sleep pass (memory flat in N)
     # Sliding eviction only: whether sleep passes 2..N also attend to the previous window's
-    # wake-pass K/V (the paper leaves this open, PAPER.md 4.4). False = within-window only.
+    # wake-pass K/V (the paper leaves this open). False = within-window only.
     sleep_sees_previous_window: bool = False
     # Training only (evaluation and streaming use ``passes``; see sleepjax.models.pass_law):
     # the law of each step's N ("fixed" = ``passes``), ...

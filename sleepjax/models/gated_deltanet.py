@@ -1,7 +1,7 @@
 """The Gated DeltaNet mixer (causal short conv + gated delta rule): one function for the window
 form (training, sleep passes, prefill) and the one-token streaming step.
 
-Heads: ``gdn_heads`` key (and query) heads of dim K and ``gdn_num_value_heads`` value heads of
+Heads: ``gdn_heads`` key (and query) heads of dim K and ``gdn_value_heads`` value heads of
 dim V, one fast-weight matrix ``[K, V]`` per value head; with more value heads than key heads
 (Qwen3.5), key head ``i`` serves value heads ``i*r .. (i+1)*r - 1``. The gates (beta, decay)
 are per value head.
@@ -38,11 +38,11 @@ class GDNCache(NamedTuple):
 
 def conv_channels(cfg: ModelConfig) -> dict:
     return {"q": cfg.gdn_heads * cfg.gdn_head_dim, "k": cfg.gdn_heads * cfg.gdn_head_dim,
-            "v": cfg.gdn_num_value_heads * cfg.gdn_value_dim}
+            "v": cfg.gdn_value_heads * cfg.gdn_value_head_dim}
 
 
 def zero_fast_weights_of(cfg: ModelConfig, batch_size: int):
-    return jnp.zeros((batch_size, cfg.gdn_num_value_heads, cfg.gdn_head_dim, cfg.gdn_value_dim),
+    return jnp.zeros((batch_size, cfg.gdn_value_heads, cfg.gdn_head_dim, cfg.gdn_value_head_dim),
                      jnp.float32)
 
 
@@ -106,7 +106,7 @@ def gated_deltanet(p, x, cache: GDNCache | None, position, cfg: ModelConfig):
     del position
     dt = compute_dtype(cfg)
     bsz, seq, _ = x.shape
-    h, hv, dk, dv = cfg.gdn_heads, cfg.gdn_num_value_heads, cfg.gdn_head_dim, cfg.gdn_value_dim
+    h, hv, dk, dv = cfg.gdn_heads, cfg.gdn_value_heads, cfg.gdn_head_dim, cfg.gdn_value_head_dim
     if cache is None:
         cache = GDNCache(zero_fast_weights_of(cfg, bsz))
     qkv, beta, g, gate = _projections(p, x, cfg)
@@ -122,6 +122,6 @@ def gated_deltanet(p, x, cache: GDNCache | None, position, cfg: ModelConfig):
     impl = "recurrent" if cache.conv is not None and seq == 1 else cfg.gdn_impl
     o, state = gated_delta_rule(q, k, v, g, beta, initial_state=cache.fast_weights,
                                 chunk_size=cfg.gdn_chunk_size, impl=impl)
-    o = rms_norm(o.astype(dt), p["out_norm"]["scale"], cfg.gdn_out_norm_eps)
+    o = rms_norm(o.astype(dt), p["out_norm"]["scale"], cfg.gdn_norm_eps)
     o = o * jax.nn.silu(gate.reshape(bsz, seq, hv, dv))
     return dense(o.reshape(bsz, seq, hv * dv), p["wo"], dt), GDNCache(state, history)

@@ -80,13 +80,13 @@ SIZES: dict[str, Callable[[ModelConfig], int]] = {
     "d": lambda c: c.d_model,
     "vocab": lambda c: c.vocab_size,
     "Ha*Da": lambda c: c.attn_heads * c.attn_head_dim,
-    "Hkv*Da": lambda c: c.kv_heads * c.attn_head_dim,
+    "Hkv*Da": lambda c: c.attn_kv_heads * c.attn_head_dim,
     "Da": lambda c: c.attn_head_dim,
     "Hg*K": lambda c: c.gdn_heads * c.gdn_head_dim,
-    "Hv*V": lambda c: c.gdn_num_value_heads * c.gdn_value_dim,
-    "Hv": lambda c: c.gdn_num_value_heads,
-    "V": lambda c: c.gdn_value_dim,
-    "F": lambda c: c.mlp_hidden_dim,
+    "Hv*V": lambda c: c.gdn_value_heads * c.gdn_value_head_dim,
+    "Hv": lambda c: c.gdn_value_heads,
+    "V": lambda c: c.gdn_value_head_dim,
+    "F": lambda c: c.mlp_hidden,
     "conv_size": lambda c: c.conv_size,
 }
 

@@ -1,6 +1,6 @@
 """Model surgery: insert new, freshly initialised blocks into a (pretrained) parameter tree.
 
-Route 2 of the paper's retrofitting recipe (PAPER.md §3.3, §8): take a pretrained model and add
+Route 2 of the paper's retrofitting recipe (the paper's §3.3 and §7): take a pretrained model and add
 Gated DeltaNet memory layers (Ouro 1.4B + 6 Jet layers without MLP), warm up only the new
 layers, then fine-tune the whole model. :func:`insert_blocks` does the first step::
 

@@ -101,10 +101,10 @@ def validate_model_for_mesh(model_cfg, mesh) -> None:
     checks = []
     if "A" in model_cfg.mixer_pattern:
         checks.append(("model.attn_heads", model_cfg.attn_heads))
-        checks.append(("model.attn_kv_heads", model_cfg.kv_heads))
+        checks.append(("model.attn_kv_heads", model_cfg.attn_kv_heads))
     checks.append(("model.gdn_heads", model_cfg.gdn_heads))
-    checks.append(("model.gdn_value_heads", model_cfg.gdn_num_value_heads))
-    checks.append(("model.mlp_hidden", model_cfg.mlp_hidden_dim))
+    checks.append(("model.gdn_value_heads", model_cfg.gdn_value_heads))
+    checks.append(("model.mlp_hidden", model_cfg.mlp_hidden))
     for name, value in checks:
         if value % model_size:
             raise ValueError(f"{name}: must be divisible by mesh.model={model_size} so that every "

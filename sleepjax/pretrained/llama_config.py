@@ -123,8 +123,8 @@ def hf_config_from_model(cfg: ModelConfig, dtype: str, model_type: str = "llama"
     config = {
         "architectures": [architecture], "model_type": model_type,
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.mlp_hidden_dim, "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.attn_heads, "num_key_value_heads": cfg.kv_heads,
+        "intermediate_size": cfg.mlp_hidden, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.attn_heads, "num_key_value_heads": cfg.attn_kv_heads,
         "head_dim": cfg.attn_head_dim, "hidden_act": "silu", "attention_bias": False,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
         "rms_norm_eps": float(cfg.norm_eps), "tie_word_embeddings": bool(cfg.tie_embeddings),

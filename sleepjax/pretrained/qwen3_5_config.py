@@ -145,25 +145,25 @@ def hf_config_from_model(cfg: ModelConfig, dtype: str) -> dict:
     if set(cfg.layer_pattern) - set(LAYER_KINDS.values()):
         raise ValueError(f"model.layer_pattern={cfg.layer_pattern!r}: every Qwen3.5 layer has an "
                          "MLP, so only 'A' and 'G' blocks can be exported (no lowercase 'a' / 'g')")
-    if not math.isclose(cfg.gdn_out_norm_eps, cfg.norm_eps, rel_tol=1e-12):
+    if not math.isclose(cfg.gdn_norm_eps, cfg.norm_eps, rel_tol=1e-12):
         raise ValueError(f"model.gdn_norm_eps={cfg.gdn_norm_eps!r}: Qwen3.5 has one rms_norm_eps "
                          f"for every norm (norm_eps={cfg.norm_eps!r})")
     kinds = {kind: name for name, kind in LAYER_KINDS.items()}
     return {
         "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.mlp_hidden_dim, "num_hidden_layers": cfg.num_layers,
+        "intermediate_size": cfg.mlp_hidden, "num_hidden_layers": cfg.num_layers,
         "layer_types": [kinds[k] for k in cfg.layer_pattern],
         "num_attention_heads": cfg.attn_heads,
-        "num_key_value_heads": cfg.kv_heads,
+        "num_key_value_heads": cfg.attn_kv_heads,
         "head_dim": cfg.attn_head_dim, "attention_bias": False, "hidden_act": "silu",
         # mrope_section is left to transformers' default: with text-only positions every
         # section gets the same angle, so any valid split is plain RoPE.
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rope_theta),
                             "partial_rotary_factor": float(cfg.rope_fraction)},
         "linear_num_key_heads": cfg.gdn_heads, "linear_key_head_dim": cfg.gdn_head_dim,
-        "linear_num_value_heads": cfg.gdn_num_value_heads,
-        "linear_value_head_dim": cfg.gdn_value_dim,
+        "linear_num_value_heads": cfg.gdn_value_heads,
+        "linear_value_head_dim": cfg.gdn_value_head_dim,
         "linear_conv_kernel_dim": cfg.conv_size, "rms_norm_eps": float(cfg.norm_eps),
         "tie_word_embeddings": bool(cfg.tie_embeddings), "dtype": dtype,
     }

@@ -43,12 +43,11 @@ from sleepjax.training import checkpoint_integrity as integrity
 from sleepjax.training import paths
 from sleepjax.training.checkpoint_errors import CheckpointErrorLog, write_error
 from sleepjax.training.checkpoint_integrity import CheckpointDamagedError
-from sleepjax.training.config import (config_differences, flatten_config, unflatten_config,
-                                      validate_config)
+from sleepjax.training.config_io import (CHECKPOINT_SUBDIR, config_differences, flatten_config,
+                                         saved_run_configs, unflatten_config)
 
-CHECKPOINT_SUBDIR = "checkpoints"   # <workdir>/checkpoints/<step>/ (see trainer.py)
 DAMAGED_SUBDIR = "damaged_checkpoints"   # where a damaged step is moved when a run falls back
-# Fields that may differ on resume (config.RESUMABLE_KEYS) but change the learning-rate schedule.
+# Fields that may differ on resume (config_io.RESUMABLE_KEYS) but change the learning-rate schedule.
 SCHEDULE_KEYS = ("train.steps",)
 
 _log = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ class Checkpointer:
     def check_compatible(self, cfg, step: int | None = None, *,
                          allow_schedule_change: bool = False) -> list[str]:
         """Raise :class:`ConfigMismatchError` listing every field where ``cfg`` differs from the
-        checkpoint's config (fields in ``config.RESUMABLE_KEYS`` may differ), and
+        checkpoint's config (fields in ``config_io.RESUMABLE_KEYS`` may differ), and
         :class:`ScheduleChangeError` if a :data:`SCHEDULE_KEYS` field differs unless
         ``allow_schedule_change``. Returns the (allowed) schedule changes."""
         step = self.latest_step() if step is None else step
@@ -338,7 +337,7 @@ def load_params(workdir: str | os.PathLike, step: int | None = None, *, sharding
                 _log.warning("%s; loading the previous checkpoint instead", error)
     finally:
         manager.close()
-    model, sleep = _resolve_model_configs(config)
+    model, sleep = saved_run_configs(config)
     return TrainedParams(params=params, step=int(candidate), config=config, model=model,
                          sleep=sleep)
 
@@ -382,19 +381,3 @@ def _abstract_params(saved_params, sharding):
     except ValueError as error:
         raise ValueError("load_params: sharding must be None, a jax.sharding.Sharding, or a "
                          f"pytree of shardings shaped like the parameters ({error})") from None
-
-
-def _resolve_model_configs(config) -> tuple[ModelConfig, SleepConfig]:
-    """The typed model and sleep configs of a saved experiment config.
-
-    Validated against a 1-device mesh: the training mesh decides how the parameters were
-    sharded, not what they are, and may not fit the devices of the process loading them;
-    and without its ``init`` section (the model section is explicit in a saved config).
-    """
-    single_device = ml_collections.ConfigDict(config.to_dict())
-    single_device.mesh = {"data": 1, "fsdp": 1, "model": 1}
-    # The trainer saves an init run's config with its architecture written out (see
-    # initialization.explicit_model_section): the source is not needed to read it back.
-    single_device.init = {}
-    resolved = validate_config(single_device, num_devices=1)
-    return resolved.model, resolved.sleep

@@ -28,8 +28,7 @@ import ml_collections
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.models.validation import check_configs
 from sleepjax.parallel.mesh import mesh_config_defaults, validate_mesh_config
-from sleepjax.training.initialization import (InitConfig, init_section_defaults, resolve_model,
-                                              unflatten_config)
+from sleepjax.training.initialization import InitConfig, init_section_defaults, resolve_model
 
 SECTIONS = ("task", "model", "sleep", "optim", "train", "mesh")
 OPTIONAL_SECTIONS = ("init",)   # absent = its defaults (configs saved before it existed)
@@ -295,74 +294,3 @@ def _check_trainable(optim: OptimConfig, model: ModelConfig) -> None:
         raise ValueError(f"optim.trainable: {unmatched} select(s) no parameter of the model "
                          f"(layer_pattern {model.layer_pattern!r}; paths look like "
                          f"'blocks_0/mixer_norm/scale', 'embed/embedding')")
-
-
-# Keys that may differ between a checkpoint's config and the config resuming from it: they
-# change how long / how visibly the run goes, not what the saved state means.
-RESUMABLE_KEYS = (
-    "train.steps", "train.log_every", "train.eval_every", "train.eval_examples",
-    "train.eval_batch_size", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.async_checkpointing", "train.progress_bar",
-)
-RESUMABLE_PREFIXES = ("mesh.",)   # a checkpoint restores onto any mesh
-
-
-def flatten_config(cfg) -> dict[str, Any]:
-    """``{"section.key": value}`` for a (nested) ConfigDict or dict; tuples become lists (JSON-like)."""
-    flat: dict[str, Any] = {}
-
-    def visit(prefix, node):
-        if isinstance(node, (ml_collections.ConfigDict, Mapping)):
-            items = node.items()
-            for k, v in items:
-                visit(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            flat[prefix] = list(node) if isinstance(node, tuple) else node
-
-    visit("", cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg)
-    return flat
-
-
-def _defaults_like(flat_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Every key's default value, flattened: the sections' defaults and the task's own."""
-    from sleepjax import data
-    defaults = flatten_config(base_config())
-    name = flat_cfg.get("task.name")
-    if isinstance(name, str):
-        try:
-            defaults.update(flatten_config({"task": data.task_config(name).to_dict()}))
-        except ValueError:          # an unknown task: validate_config names it elsewhere
-            pass
-    return defaults
-
-
-def same_config(saved, current) -> bool:
-    """Whether two configs are equal, every key included; a key ``saved`` lacks counts as equal
-    when ``current`` has its default (an option added later, with the old behaviour)."""
-    a, b = flatten_config(saved), flatten_config(current)
-    defaults = _defaults_like(b)
-    missing = [k for k in b if k not in a]
-    if any(k not in defaults or b[k] != defaults[k] for k in missing):
-        return False
-    return all(a[k] == b.get(k, "<absent>") for k in a)
-
-
-def config_differences(saved, current) -> list[str]:
-    """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`.
-
-    A key the saved config lacks counts as equal when the current value is that key's default:
-    options are added with a default that keeps the old behaviour, so a checkpoint written
-    before an option existed still resumes.
-    """
-    a, b = flatten_config(saved), flatten_config(current)
-    defaults = _defaults_like(b)
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):
-            continue
-        if key not in a and key in defaults and b.get(key) == defaults[key]:
-            continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            diffs.append(f"{key}: checkpoint has {a.get(key, '<absent>')!r}, "
-                         f"config has {b.get(key, '<absent>')!r}")
-    return diffs

@@ -1,6 +1,6 @@
 """Start a run from pretrained or previously trained weights (the ``init`` config section).
 
-Retrofitting recipe (PAPER.md §3.3, §4.4, §8; route 2, Ouro-style): insert Gated DeltaNet
+Retrofitting recipe (the paper's §3.3, §6.4 and §7; route 2, Ouro-style): insert Gated DeltaNet
 layers without MLP into a pretrained model, warm up only them, then train the full model::
 
     # stage 1: warm-up of the new layers only (hard eviction, as the paper needs for N > 1)
@@ -48,8 +48,8 @@ import ml_collections
 
 from sleepjax.models.config import ModelConfig
 from sleepjax.training import paths
+from sleepjax.training.config_io import CHECKPOINT_SUBDIR, saved_run_configs
 
-CHECKPOINT_SUBDIR = "checkpoints"   # as checkpointing.CHECKPOINT_SUBDIR (a run's checkpoints)
 # ModelConfig fields a run may choose whatever its source: how it computes, not what.
 NON_ARCHITECTURE_KEYS = ("dtype", "gdn_impl", "gdn_chunk_size")
 # The shape of GDN blocks: the run's own when the source has none (an attention-only model
@@ -154,8 +154,6 @@ def _run_model_config(workdir: str, step: int | None) -> ModelConfig:
     orbax directly: ``checkpointing`` imports this module's users)."""
     import orbax.checkpoint as ocp
 
-    from sleepjax import data
-
     directory = paths.as_path(workdir) / CHECKPOINT_SUBDIR
     if not directory.is_dir():
         raise ValueError(f"init.from_run: {workdir!r} holds no checkpoint (no "
@@ -173,30 +171,11 @@ def _run_model_config(workdir: str, step: int | None) -> ModelConfig:
             config=ocp.args.JsonRestore()))["config"])
     finally:
         manager.close()
-    # A saved config has its architecture written out (explicit_model_section); the vocabulary
-    # is its task's.
-    task = unflatten_config({k[len("task."):]: v for k, v in saved.items() if k.startswith("task.")})
-    values = {k[len("model."):]: v for k, v in saved.items() if k.startswith("model.")}
     try:
-        vocab = values.pop("vocab_size", None) or int(
-            data.make_source(task, "train", int(saved.get("train.seed", 0))).vocab_size)
-        return ModelConfig.from_dict({**values, "vocab_size": vocab})
+        return saved_run_configs(saved)[0]
     except (ValueError, TypeError) as error:
         raise ValueError(f"init.from_run: the config saved in {workdir!r} does not give a "
                          f"model ({error})") from None
-
-
-def unflatten_config(flat: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """The nested ConfigDict of a ``{"section.key": value}`` dict (``config.flatten_config``'s
-    inverse; here rather than in ``config``, which imports this module)."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return ml_collections.ConfigDict(nested)
 
 
 def source_model_config(init: InitConfig) -> ModelConfig:

@@ -30,7 +30,7 @@ import jax
 from tqdm.auto import tqdm
 
 from sleepjax.training import paths
-from sleepjax.training.config import flatten_config
+from sleepjax.training.config_io import flatten_config
 
 _log = logging.getLogger(__name__)
 

@@ -60,6 +60,14 @@ def warmup_stable_decay(peak: float, total_steps: int, warmup_fraction: float,
     return optax.join_schedules(pieces, boundaries)
 
 
+def learning_rate_schedules(optim: OptimConfig, total_steps: int) -> dict:
+    """``{MUON: schedule, ADAMW: schedule}``: step -> learning rate of each group (what
+    :func:`make_optimizer` applies and the trainer logs)."""
+    return {group: warmup_stable_decay(peak, total_steps, optim.warmup_fraction,
+                                       optim.decay_fraction, optim.min_lr_ratio)
+            for group, peak in ((MUON, optim.muon_lr), (ADAMW, optim.adam_lr))}
+
+
 def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """Clip by global norm, then Muon on ``"muon"``-labelled leaves and AdamW on the rest.
 
@@ -69,17 +77,14 @@ def make_optimizer(optim: OptimConfig, total_steps: int) -> optax.GradientTransf
     hands the inner chain a tree with the frozen leaves masked out) and do not count in the
     clipping norm.
     """
-    def schedule(peak):
-        return warmup_stable_decay(peak, total_steps, optim.warmup_fraction,
-                                   optim.decay_fraction, optim.min_lr_ratio)
-
+    schedules = learning_rate_schedules(optim, total_steps)
     # Every leaf handed to this Muon is 2-D (``Param`` declares Muon for matrices only), so its
     # built-in Adam fallback for non-matrix leaves stays empty.
     muon = optax_contrib.muon(
-        learning_rate=schedule(optim.muon_lr), ns_steps=optim.muon_ns_steps, beta=optim.muon_beta,
+        learning_rate=schedules[MUON], ns_steps=optim.muon_ns_steps, beta=optim.muon_beta,
         weight_decay=optim.weight_decay)
     adamw = optax.adamw(
-        learning_rate=schedule(optim.adam_lr), b1=optim.adam_b1, b2=optim.adam_b2,
+        learning_rate=schedules[ADAMW], b1=optim.adam_b1, b2=optim.adam_b2,
         eps=optim.adam_eps, weight_decay=optim.adam_weight_decay)
     parts = []
     if optim.clip_norm > 0:

@@ -48,12 +48,13 @@ from sleepjax.parallel.stop_agreement import agreed_stop
 from sleepjax.parallel.state_shardings import train_state_shardings
 from sleepjax.training import evaluate as evaluation
 from sleepjax.training import initialization, paths, warm_start
-from sleepjax.training.checkpointing import CHECKPOINT_SUBDIR, CheckpointDamagedError, Checkpointer
+from sleepjax.training.checkpointing import CheckpointDamagedError, Checkpointer
+from sleepjax.training.config_io import CHECKPOINT_SUBDIR
 from sleepjax.training.config import ResolvedConfig, validate_config
 from sleepjax.training.interrupts import StopRequests, TrainingInterrupted
 from sleepjax.training import logging as run_logging
 from sleepjax.training.logging import RunLogger, read_eval_history
-from sleepjax.training.optimizer import make_optimizer, warmup_stable_decay
+from sleepjax.training.optimizer import learning_rate_schedules, make_optimizer
 from sleepjax.training.state import TrainState, init_train_state, train_state_from_params
 from sleepjax.training.train_step import TRAIN_BATCH_KEYS, make_eval_step, make_train_step
 from sleepjax.training.workdir_lock import WorkdirLock
@@ -181,9 +182,7 @@ def _train_locked(cfg, rc: ResolvedConfig, workdir, started: float, stop: StopRe
 
         tokens_per_step = train_cfg.batch_size * rc.seq_len
         history = read_eval_history(workdir, start_step)
-        schedules = {name: warmup_stable_decay(peak, train_cfg.steps, rc.optim.warmup_fraction,
-                                               rc.optim.decay_fraction, rc.optim.min_lr_ratio)
-                     for name, peak in (("muon", rc.optim.muon_lr), ("adamw", rc.optim.adam_lr))}
+        schedules = learning_rate_schedules(rc.optim, train_cfg.steps)
         header = {"difficulty_name": test_source.difficulty_name, "seq_len": rc.seq_len,
                   "batch_size": train_cfg.batch_size, "passes": rc.sleep.passes}
 

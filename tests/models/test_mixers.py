@@ -72,7 +72,7 @@ def test_gated_deltanet_window_equals_cached_steps_and_parts():
     p = params_for(CFG)["blocks_1"]["gdn"]
     x = _inputs(3)
     state = 0.1 * jax.random.normal(jax.random.PRNGKey(4), (BATCH, CFG.gdn_heads, CFG.gdn_head_dim,
-                                                          CFG.gdn_value_dim))
+                                                          CFG.gdn_value_head_dim))
     window, window_cache, steps, steps_cache, halves, halves_cache = _gdn_cases(p, x, state)
     assert max_rel_err(steps, window) < 1e-5 and max_rel_err(halves, window) < 1e-5
     for cache in (steps_cache, halves_cache):

@@ -36,7 +36,7 @@ def reference_forward(params, seq, model_cfg, sleep_cfg):
     window-start fast weights."""
     cfg, L = model_cfg, sleep_cfg.window
     start, end = sleep_cfg.resolved_loop_range(cfg.num_layers)
-    shape = (seq.shape[0], cfg.gdn_heads, cfg.gdn_head_dim, cfg.gdn_value_dim)
+    shape = (seq.shape[0], cfg.gdn_heads, cfg.gdn_head_dim, cfg.gdn_value_head_dim)
     fast = {block_name(i): jnp.zeros(shape, jnp.float32)
             for i, kind in enumerate(cfg.mixer_pattern) if kind == "G"}
     outputs = []
@@ -166,7 +166,7 @@ def test_gradients_flow_through_every_sleep_pass():
     @jax.jit
     def grads(h_loop):
         def consolidated(h, passes):
-            _, out = sleep_passes(params, h, fast, model_cfg, sleep_config(passes=passes))
+            _, out, _ = sleep_passes(params, h, fast, model_cfg, sleep_config(passes=passes))
             return jnp.sum(out["blocks_1"] ** 2)
         return jax.grad(consolidated)(h_loop, 2), jax.grad(consolidated)(h_loop, 3)
 

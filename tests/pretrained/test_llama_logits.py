@@ -66,7 +66,7 @@ def test_loaded_logits_match_transformers(case, llama_checkpoint):
     directory, model = llama_checkpoint(case)
     params, cfg = load_pretrained(directory)
     assert set(cfg.layer_pattern) == {"A"} and cfg.num_layers == 3
-    assert (cfg.attn_heads, cfg.kv_heads, cfg.attn_head_dim) == \
+    assert (cfg.attn_heads, cfg.attn_kv_heads, cfg.attn_head_dim) == \
         (4, 2, model.config.head_dim)
     assert cfg.attn_qk_norm == case.startswith("qwen3")
     assert cfg.tie_embeddings == ("tied" in case.split("-")) and ("head" in params) != cfg.tie_embeddings
@@ -110,7 +110,7 @@ def test_missing_keys_take_transformers_defaults(model_type):
     cfg = model_config_from_hf(minimal)
     assert cfg == model_config_from_hf(completed)
     # Llama: head_dim = hidden // heads, kv heads = heads; Qwen3: head_dim 128, 32 kv heads
-    assert (cfg.attn_head_dim, cfg.kv_heads) == ((16, 4) if model_type == "llama" else (128, 2))
+    assert (cfg.attn_head_dim, cfg.attn_kv_heads) == ((16, 4) if model_type == "llama" else (128, 2))
     assert cfg.rope_theta == 10000.0 and cfg.norm_eps == 1e-6 and not cfg.tie_embeddings
 
 

@@ -1,4 +1,4 @@
-"""Shared checks for the data tests (imported by tests/data/test_*.py)."""
+"""Shared checks for the data tests (imported by the tests in tests/data)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from sleepjax import data
-from sleepjax.training.config import config_differences, flatten_config, validate_config
+from sleepjax.training.config import validate_config
+from sleepjax.training.config_io import config_differences, flatten_config
 from sleepjax.training.experiment_files import apply_overrides
 
 from support.training import RULE110, tiny_config
