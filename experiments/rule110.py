@@ -38,7 +38,7 @@ def get_config(arg: str | None = None):
                              eval_examples=256, eval_batch_size=128, checkpoint_every=120)
         else:
             cfg.task.t = 2
-            cfg.optim.update(muon_lr=4e-3, adam_lr=6e-4)
+            cfg.optim.update(muon_lr=1e-2, adam_lr=1.5e-3)   # the N = 1 grid's choice (results/)
             cfg.train.update(steps=1000, batch_size=64, log_every=20, eval_every=100,
                              eval_examples=512, eval_batch_size=128, checkpoint_every=200)
     else:  # paper

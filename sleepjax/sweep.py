@@ -55,6 +55,9 @@ _SEEDS = flags.DEFINE_list("seeds", None, "Comma-separated seeds (train.seed: in
 _SWEEP = flags.DEFINE_string(
     "sweep", None, "A named sweep of the config file: get_sweep(NAME) (e.g. 'recipes', the "
     "stable-training recipes); default: get_sweep().")
+_SETTINGS = flags.DEFINE_list(
+    "settings", None, "Run only these settings of the sweep, by their 0-based index in it and "
+    "in this order (e.g. 0,3,6 of --sweep=recipes); a later full run reuses their points.")
 _EVAL_ADAPTIVE = flags.DEFINE_list(
     "eval_adaptive_tols", None, "Also evaluate every model with adaptive sleep "
     "(sleep.adaptive_tol) at each of these tolerances, capped at --adaptive_cap passes; reports "
@@ -109,6 +112,17 @@ def sweep_points(config_path: str | None, passes: Sequence[str] | None,
     if module is None or not hasattr(module, "get_sweep"):
         raise ValueError(f"--config: {config_path} has no get_sweep(); pass --passes")
     return list(module.get_sweep(name) if name else module.get_sweep())
+
+
+def select_settings(settings: Sequence[Mapping], indices: Sequence[str] | None) -> list:
+    """The settings at ``indices`` (``--settings``), in that order; all when none are given."""
+    if not indices:
+        return list(settings)
+    chosen = parse_ints("settings", indices, 0)
+    if max(chosen) >= len(settings):
+        raise ValueError(f"--settings: the sweep has {len(settings)} settings (indices 0.."
+                         f"{len(settings) - 1}); got {max(chosen)}")
+    return [settings[i] for i in chosen]
 
 
 def parse_tolerances(texts: Sequence[str]) -> list[float]:
@@ -270,7 +284,8 @@ def _sweep_and_report() -> int:
         if _PASSES.value:
             raise ValueError("--lr_grid: the grid runs N = 1 only; drop --passes")
         return _grid_and_report(seeds, started)
-    settings = sweep_points(config_path, _PASSES.value, _SWEEP.value)
+    settings = select_settings(sweep_points(config_path, _PASSES.value, _SWEEP.value),
+                               _SETTINGS.value)
     if _EVAL_PASSES.value == ["none"]:
         eval_passes = []
     elif _EVAL_PASSES.value:
