@@ -6,7 +6,7 @@ Variants (``--config=experiments/rule110.py:<variant>``):
   a few minutes on 2 CPU cores. Small t so that a tiny model learns something in that budget.
 * ``cpu``   -- the evidence variant (``results/README.md``): the same model at t = 2, batch 64
   (the batch with the best tokens/s on the 2-core CPU; N = 4 runs at the same tokens/s from
-  batch 16 to 256), learning rate from the N = 1 grid (``python -m sleepjax.lr_grid``).
+  batch 16 to 256), learning rate from the N = 1 grid (``python -m sleepjax.sweep --lr_grid``).
 * ``paper`` -- paper scale: d=256 "AGAG", L=24, t=32, batch 512, Muon lr 2e-3, AdamW 5e-5,
   about 5 B training tokens.
 
@@ -32,13 +32,15 @@ def get_config(arg: str | None = None):
         cfg.model.update(d_model=64, layer_pattern="AG", attn_heads=2, attn_head_dim=32,
                          gdn_heads=2, gdn_head_dim=32, mlp_hidden=128, gdn_impl="chunked",
                          gdn_chunk_size=8)
-        cfg.optim.update(muon_lr=2e-2, adam_lr=3e-3, warmup_fraction=0.05, decay_fraction=0.3)
+        # Muon 1e-2 (AdamW scaled with it): the rate both variants' N = 1 grids chose
+        # (results/round2/lr_grid_rule110_tiny and results/round2/lr_grid_rule110_cpu), used
+        # unchanged for every N.
+        cfg.optim.update(muon_lr=1e-2, adam_lr=1.5e-3, warmup_fraction=0.05, decay_fraction=0.3)
         if variant == "tiny":   # the README's main command: 4 runs in about 10 CPU-minutes
             cfg.train.update(steps=240, batch_size=16, log_every=10, eval_every=24,
                              eval_examples=256, eval_batch_size=128, checkpoint_every=120)
         else:
             cfg.task.t = 2
-            cfg.optim.update(muon_lr=1e-2, adam_lr=1.5e-3)   # the N = 1 grid's choice (results/)
             cfg.train.update(steps=1000, batch_size=64, log_every=20, eval_every=100,
                              eval_examples=512, eval_batch_size=128, checkpoint_every=200)
     else:  # paper

@@ -38,7 +38,7 @@ from sleepjax.parallel import multihost
 from sleepjax.training import cli, lr_grid, paths, plots, stats
 from sleepjax.training.baselines import task_baselines
 from sleepjax.training.checkpointing import load_params
-from sleepjax.training.config import validate_config
+from sleepjax.training.config import flat_defaults, validate_config
 from sleepjax.training.config_io import flatten_config, same_config
 from sleepjax.training.cross_eval import evaluate_adaptive, evaluate_at_passes
 from sleepjax.training.experiment_files import apply_overrides, load_config_module
@@ -174,7 +174,8 @@ def _read_point(run_dir, flat_cfg: Mapping) -> dict | None:
     if not path.exists():
         return None
     point = paths.read_json(path)
-    return point if same_config(point.get("config") or {}, flat_cfg) else None
+    saved = point.get("config") or {}
+    return point if same_config(saved, flat_cfg, flat_defaults(flat_cfg)) else None
 
 
 def run_point(cfg, run_dir: str, setting: Mapping, seed: int, eval_passes: Sequence[int], *,

@@ -43,6 +43,7 @@ from sleepjax.training import checkpoint_integrity as integrity
 from sleepjax.training import paths
 from sleepjax.training.checkpoint_errors import CheckpointErrorLog, write_error
 from sleepjax.training.checkpoint_integrity import CheckpointDamagedError
+from sleepjax.training.config import flat_defaults
 from sleepjax.training.config_io import (CHECKPOINT_SUBDIR, config_differences, flatten_config,
                                          saved_run_configs, unflatten_config)
 
@@ -102,7 +103,7 @@ class Checkpointer:
         ``allow_schedule_change``. Returns the (allowed) schedule changes."""
         step = self.latest_step() if step is None else step
         saved, current = self.saved_config(step), flatten_config(cfg)
-        diffs = config_differences(saved, current)
+        diffs = config_differences(saved, current, flat_defaults(current))
         if diffs:
             raise ConfigMismatchError(
                 f"refusing to resume from {self.directory} (step {step}): the checkpoint was "

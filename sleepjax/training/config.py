@@ -28,6 +28,7 @@ import ml_collections
 from sleepjax.models.config import ModelConfig, SleepConfig
 from sleepjax.models.validation import check_configs
 from sleepjax.parallel.mesh import mesh_config_defaults, validate_mesh_config
+from sleepjax.training.config_io import flatten_config
 from sleepjax.training.initialization import InitConfig, init_section_defaults, resolve_model
 
 SECTIONS = ("task", "model", "sleep", "optim", "train", "mesh")
@@ -193,6 +194,21 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.mesh = mesh_config_defaults()
     cfg.init = init_section_defaults()
     return cfg
+
+
+def flat_defaults(cfg) -> dict[str, Any]:
+    """Every key's default value, flattened (``config_io.flatten_config``): the sections'
+    defaults and those of the task of ``cfg`` (nested or flat)."""
+    from sleepjax import data   # lazy: the data package is heavy and only this needs it
+
+    defaults = flatten_config(base_config())
+    name = flatten_config(cfg).get("task.name")
+    if isinstance(name, str):
+        try:
+            defaults.update(flatten_config({"task": data.task_config(name).to_dict()}))
+        except ValueError:          # an unknown task: validate_config names it elsewhere
+            pass
+    return defaults
 
 
 def _as_dict(section) -> dict:

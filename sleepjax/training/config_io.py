@@ -45,41 +45,25 @@ def flatten_config(cfg) -> dict[str, Any]:
     return flat
 
 
-def _defaults_like(flat_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Every key's default value, flattened: the sections' defaults and the task's own."""
-    from sleepjax import data
-    from sleepjax.training.config import base_config
-
-    defaults = flatten_config(base_config())
-    name = flat_cfg.get("task.name")
-    if isinstance(name, str):
-        try:
-            defaults.update(flatten_config({"task": data.task_config(name).to_dict()}))
-        except ValueError:          # an unknown task: validate_config names it elsewhere
-            pass
-    return defaults
-
-
-def same_config(saved, current) -> bool:
+def same_config(saved, current, defaults: Mapping[str, Any]) -> bool:
     """Whether two configs are equal, every key included; a key ``saved`` lacks counts as equal
-    when ``current`` has its default (an option added later, with the old behaviour)."""
+    when ``current`` has its value in ``defaults`` (flat; ``config.flat_defaults``): an option
+    added later, with the old behaviour."""
     a, b = flatten_config(saved), flatten_config(current)
-    defaults = _defaults_like(b)
     missing = [k for k in b if k not in a]
     if any(k not in defaults or b[k] != defaults[k] for k in missing):
         return False
     return all(a[k] == b.get(k, "<absent>") for k in a)
 
 
-def config_differences(saved, current) -> list[str]:
+def config_differences(saved, current, defaults: Mapping[str, Any]) -> list[str]:
     """Keys whose values differ between two configs, ignoring :data:`RESUMABLE_KEYS`.
 
-    A key the saved config lacks counts as equal when the current value is that key's default:
-    options are added with a default that keeps the old behaviour, so a checkpoint written
-    before an option existed still resumes.
+    A key the saved config lacks counts as equal when the current value is that key's value in
+    ``defaults`` (flat; ``config.flat_defaults``): options are added with a default that keeps
+    the old behaviour, so a checkpoint written before an option existed still resumes.
     """
     a, b = flatten_config(saved), flatten_config(current)
-    defaults = _defaults_like(b)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from sleepjax import data
-from sleepjax.training.config import validate_config
+from sleepjax.training.config import flat_defaults, validate_config
 from sleepjax.training.config_io import config_differences, flatten_config
 from sleepjax.training.experiment_files import apply_overrides
 
@@ -128,7 +128,7 @@ def test_model_vocab_size_is_the_tasks_or_larger():
 def test_config_differences_ignore_resumable_keys():
     a = tiny_config()
     b = tiny_config(train__steps=60, train__eval_every=5, model__d_model=48, sleep__passes=2)
-    diffs = config_differences(a, b)
+    diffs = config_differences(a, b, flat_defaults(b))
     assert [d.split(":")[0] for d in diffs] == ["model.d_model", "sleep.passes"]
 
 
@@ -137,7 +137,8 @@ def test_a_key_added_since_the_checkpoint_resumes_only_at_its_default():
     (which keeps the old behaviour), a difference otherwise."""
     saved = flatten_config(tiny_config())
     del saved["sleep.coda"], saved["model.attn_kv_heads"]
-    assert config_differences(saved, tiny_config()) == []
-    diffs = config_differences(saved, tiny_config(sleep__coda="wake_only"))
+    assert config_differences(saved, tiny_config(), flat_defaults(tiny_config())) == []
+    wake_only = tiny_config(sleep__coda="wake_only")
+    diffs = config_differences(saved, wake_only, flat_defaults(wake_only))
     assert [d.split(":")[0] for d in diffs] == ["sleep.coda"]
     assert "checkpoint has '<absent>'" in diffs[0]

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from sleepjax.sweep import default_eval_passes, run_sweep, sweep_points, sweep_seeds
+from sleepjax.sweep import (default_eval_passes, run_sweep, select_settings, sweep_points,
+                            sweep_seeds)
 from sleepjax.training import stats
 from sleepjax.training.experiment_files import load_config_module
 
@@ -89,6 +90,13 @@ def test_sweep_points_seeds_and_report_format():
     assert sweep_points(RULE110, ["2", "3"]) == [{"sleep.passes": 2}, {"sleep.passes": 3}]
     with pytest.raises(ValueError, match="--passes"):
         sweep_points(RULE110, ["0"])
+    recipes = sweep_points(RULE110, None, "recipes")
+    assert select_settings(recipes, None) == recipes
+    assert select_settings(recipes, ["6", "0"]) == [recipes[6], recipes[0]]   # in the given order
+    with pytest.raises(ValueError, match=rf"^--settings: the sweep has {len(recipes)} settings"):
+        select_settings(recipes, [str(len(recipes))])
+    with pytest.raises(ValueError, match="^--settings: values repeat"):
+        select_settings(recipes, ["1", "1"])
     cfg = tiny_config()
     assert sweep_seeds(RULE110, ["4", "5"], cfg) == [4, 5]
     assert sweep_seeds(RULE110, None, cfg) == list(load_config_module(RULE110).get_seeds())

@@ -187,7 +187,9 @@ def test_attention_only_source_takes_the_runs_gdn_shape(tmp_path, monkeypatch):
     """Route 2: 'g' blocks into an attention-only model (a Llama's loaded config carries
     ModelConfig's default GDN shape); the run's model section shapes the new blocks."""
     tiny = validate_config(tiny_config()).model
-    source = dataclasses.replace(tiny, layer_pattern="AAA", gdn_heads=4, gdn_head_dim=64)
+    # the value shape derives from gdn_heads / gdn_head_dim: 0 derives it again (ModelConfig)
+    source = dataclasses.replace(tiny, layer_pattern="AAA", gdn_heads=4, gdn_head_dim=64,
+                                 gdn_value_heads=0, gdn_value_head_dim=0)
     path, params = _fake_checkpoint(tmp_path, monkeypatch, source)
     cfg = tiny_config(init__checkpoint_dir=path, init__insert_gdn_at=(1, 3),
                       model__layer_pattern="AGAG", model__gdn_heads=2, model__gdn_head_dim=8,
