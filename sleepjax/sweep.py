@@ -34,7 +34,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sleepjax import data
-from sleepjax.parallel import multihost
 from sleepjax.training import cli, lr_grid, paths, plots, stats
 from sleepjax.training.baselines import task_baselines
 from sleepjax.training.checkpointing import load_params
@@ -266,15 +265,7 @@ def _write_sweep_outputs(workdir, points, summary, table: str) -> None:
 
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError("--config and --workdir are required")
-    cli.quiet_library_logs()
-    # Join a multi-host job first (a no-op for one process): see sleepjax.parallel.multihost.
-    multihost.initialize_distributed()
-    cli.enable_compilation_cache(_CACHE.value)
-    return cli.run_reporting_errors(_sweep_and_report)
+    return cli.run_main(argv, _CONFIG.value, _WORKDIR.value, _CACHE.value, _sweep_and_report)
 
 
 def _sweep_and_report() -> int:

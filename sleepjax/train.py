@@ -19,7 +19,6 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from sleepjax.parallel import multihost
 from sleepjax.training import cli
 from sleepjax.training.trainer import train_and_evaluate
 
@@ -35,15 +34,7 @@ _ALLOW_SCHEDULE_CHANGE = flags.DEFINE_bool("allow_schedule_change", False,
 
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError("--config and --workdir are required")
-    cli.quiet_library_logs()
-    # Join a multi-host job first (a no-op for one process): see sleepjax.parallel.multihost.
-    multihost.initialize_distributed()
-    cli.enable_compilation_cache(_CACHE.value)
-    return cli.run_reporting_errors(_train_and_report)
+    return cli.run_main(argv, _CONFIG.value, _WORKDIR.value, _CACHE.value, _train_and_report)
 
 
 def _train_and_report() -> int:

@@ -124,6 +124,26 @@ def quiet_library_logs() -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
+def run_main(argv, config, workdir: str | None, cache_dir: str | None,
+             body: Callable[[], int]) -> int:
+    """The body of a training CLI's ``main``: no positional arguments, ``--config`` and
+    ``--workdir`` required, quiet library logs, a multi-host job joined first (a no-op for one
+    process: :mod:`sleepjax.parallel.multihost`), the compilation cache on, then ``body`` with
+    its expected failures reported in one line."""
+    from absl import app
+
+    from sleepjax.parallel import multihost
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if config is None or workdir is None:
+        raise app.UsageError("--config and --workdir are required")
+    quiet_library_logs()
+    multihost.initialize_distributed()
+    enable_compilation_cache(cache_dir)
+    return run_reporting_errors(body)
+
+
 def run_reporting_errors(body: Callable[[], int]) -> int:
     """Run a CLI's body; expected failures become one line on stderr and a non-zero exit."""
     from sleepjax.training.checkpoint_errors import CheckpointWriteError
