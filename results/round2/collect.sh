@@ -39,10 +39,10 @@ copy fig3_depo fig3_depo
 # 4. issue 19: the stable-training recipes at t = 2. Run as (in this order; the first was stopped
 #    after seeds 0 and 1 of fixed N = 4, its seed 2 left a resumable checkpoint):
 #      sweep ... --settings=0,6,1,3,5,4,7,2 --seeds=0,1,2   (stopped)
-#      sweep ... --settings=6 --seeds=0 ; sweep ... --settings=1 --seeds=0
+#      sweep ... --settings=6 --seeds=0 ; sweep ... --settings=1 --seeds=0 ; sweep ... --settings=0 --seeds=2
 #    and the table is made from the finished points (N = 1 rows from Fig. 2a's t = 2 sweep):
 ABL="--config=experiments/rule110.py:cpu --workdir=$R/abl_t2 --sweep=recipes --eval_passes=1,2,4,6,8,12 --eval_adaptive_tols=0.01,0.03,0.1 --adaptive_cap=12"
-sweep $ABL --settings=0 --seeds=0,1
+sweep $ABL --settings=0 --seeds=0,1,2
 sweep $ABL --settings=6 --seeds=0
 sweep $ABL --settings=1 --seeds=0
 mkdir -p "$H/ablation_t2"
