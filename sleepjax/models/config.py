@@ -37,6 +37,11 @@ def _from_dict(cls, prefix: str, values: Mapping[str, Any]):
     return cls(**dict(values))
 
 
+# ModelConfig fields whose 0 / None default is derived from other fields.
+_DERIVED_FIELDS = ("attn_kv_heads", "gdn_expand_v", "gdn_value_heads", "gdn_value_head_dim",
+                   "gdn_norm_eps", "mlp_hidden")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the hybrid attention / Gated DeltaNet stack."""
@@ -83,7 +88,10 @@ class ModelConfig:
             raise _fail(p, "gdn_value_head_dim", "set either it or gdn_expand_v, not both",
                         self.gdn_value_head_dim)
         # The 0 / None defaults resolve here, once: from now on each field holds its value.
+        # What was given is kept (not a field: equality and hashing see resolved values only)
+        # so that ``replace`` can derive the defaults again from the changed fields.
         resolve = functools.partial(object.__setattr__, self)
+        resolve("_given", {name: getattr(self, name) for name in _DERIVED_FIELDS})
         resolve("attn_kv_heads", self.attn_kv_heads or self.attn_heads)
         resolve("gdn_value_heads", self.gdn_value_heads or self.gdn_heads)
         resolve("gdn_value_head_dim", self.gdn_value_head_dim or self.gdn_head_dim * self.gdn_expand_v)
@@ -133,6 +141,14 @@ class ModelConfig:
                 raise _fail(p, name, "must be a positive number", value)
         resolve("gdn_norm_eps", self.norm_eps if self.gdn_norm_eps is None else self.gdn_norm_eps)
         resolve("mlp_hidden", self.mlp_hidden or -(-(8 * self.d_model // 3) // 64) * 64)
+
+    def replace(self, **changes) -> "ModelConfig":
+        """This config with ``changes``; the fields left at their defaults (value heads and
+        dims, KV heads, MLP width, GDN norm eps) are derived again from the new values, where
+        ``dataclasses.replace`` would keep the old derived ones (e.g. a new ``gdn_heads``
+        with the old ``gdn_value_heads``)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return ModelConfig(**{**values, **self._given, **changes})
 
     @property
     def num_layers(self) -> int:

@@ -30,7 +30,8 @@ MODEL = dict(vocab_size=16, d_model=32, layer_pattern="AG", attn_heads=4, attn_h
              gdn_heads=4, gdn_head_dim=8, mlp_hidden=64, gdn_chunk_size=4)
 SLEEP = dict(window=8, passes=3)
 BATCH, SEQ = 8, 17
-MESHES = ((8, 1), (4, 2), (2, 4), (2, 2, 2))     # (data, model) or (data, fsdp, model)
+# (data, model) or (data, fsdp, model): pure data parallelism, model parallelism, FSDP
+MESHES = ((8, 1), (2, 4), (2, 2, 2))
 OPS_FILES = ("sleepjax/ops/", "pallas_kernels/")
 
 

@@ -187,9 +187,7 @@ def test_attention_only_source_takes_the_runs_gdn_shape(tmp_path, monkeypatch):
     """Route 2: 'g' blocks into an attention-only model (a Llama's loaded config carries
     ModelConfig's default GDN shape); the run's model section shapes the new blocks."""
     tiny = validate_config(tiny_config()).model
-    # the value shape derives from gdn_heads / gdn_head_dim: 0 derives it again (ModelConfig)
-    source = dataclasses.replace(tiny, layer_pattern="AAA", gdn_heads=4, gdn_head_dim=64,
-                                 gdn_value_heads=0, gdn_value_head_dim=0)
+    source = tiny.replace(layer_pattern="AAA", gdn_heads=4, gdn_head_dim=64)
     path, params = _fake_checkpoint(tmp_path, monkeypatch, source)
     cfg = tiny_config(init__checkpoint_dir=path, init__insert_gdn_at=(1, 3),
                       model__layer_pattern="AGAG", model__gdn_heads=2, model__gdn_head_dim=8,
@@ -209,7 +207,6 @@ def test_frozen_params_are_constants_of_the_loss():
     """With ``trainable`` the train step differentiates the trainable parameters only: the
     frozen ones' weight gradients are not computed, and the gradient norm is the trainable
     parameters' part of the full gradient."""
-    import optax
 
     from sleepjax.models import SleepLM
     from sleepjax.training.param_groups import freeze_untrainable, is_trainable
