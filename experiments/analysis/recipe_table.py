@@ -44,7 +44,12 @@ def main() -> None:
     parser.add_argument("--baseline", action="append", default=[],
                         help="another sweep workdir whose points are added as rows")
     parser.add_argument("--margin", type=float, default=0.05)
+    parser.add_argument("--goal_passes", default="1,2,4,6,8",
+                        help="N' over which a recipe's accuracy must not fall (summary)")
+    parser.add_argument("--reference", default="fixed N=4",
+                        help="the recipe whose mean accuracy at N' = 4 the others must reach")
     args = parser.parse_args()
+    args.goal_passes = [int(n) for n in args.goal_passes.split(",")]
     with open(os.path.join(args.baseline[0] if args.baseline else args.workdir,
                            "accuracy_vs_passes.json")) as f:
         majority = json.load(f)["baselines"]["majority"]["all"]
@@ -69,6 +74,57 @@ def main() -> None:
                 for a in adaptive]
         row += [f"{p['wall_time_s']:.0f}"]
         print("| " + " | ".join(row) + " |")
+    print()
+    print(summary(points, majority, args.margin, args.goal_passes, args.reference))
+
+
+def _curve_drop(point: dict, passes: list[int]) -> float | None:
+    """The largest fall of accuracy from one evaluated N' to the next, over ``passes``."""
+    accs = [point["cross_eval"].get(str(n), {}).get("accuracy", {}).get("all") for n in passes]
+    if any(a is None for a in accs):
+        return None
+    return max([0.0] + [a - b for a, b in zip(accs, accs[1:])])
+
+
+def summary(points: list[dict], majority: float, margin: float, goal_passes: list[int],
+            reference: str) -> str:
+    """Per recipe: seeds that took off, accuracy at its own N and at N' = 4 (mean ± sample std),
+    and the largest step-to-step fall of accuracy over ``goal_passes`` (issue 19's goal: every
+    seed takes off, N' = 4 at least the reference's mean, no fall above 0.03)."""
+    import numpy as np
+
+    by_recipe: dict[str, list[dict]] = {}
+    for p in points:
+        by_recipe.setdefault(_recipe(p), []).append(p)
+
+    def acc4(p):
+        return p["cross_eval"].get("4", {}).get("accuracy", {}).get("all")
+
+    ref = [acc4(p) for p in by_recipe.get(reference, []) if acc4(p) is not None]
+    ref_mean = float(np.mean(ref)) if ref else None
+    path = " -> ".join(map(str, goal_passes))
+    lines = [f"Per recipe (goal: every seed takes off; acc at N'=4 >= {reference}'s mean"
+             f"{'' if ref_mean is None else f' {ref_mean:.3f}'}; no fall > 0.03 over N' {path}):",
+             "", "| recipe | seeds | took off | acc own N | acc N'=4 | largest fall over N' | goal |",
+             "|---|---|---|---|---|---|---|"]
+
+    def stat(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        std = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+        return f"{np.mean(values):.3f}{std}"
+
+    for recipe, group in by_recipe.items():
+        off = [take_off(p, majority, margin) is not None for p in group]
+        drops = [_curve_drop(p, goal_passes) for p in group]
+        a4 = [acc4(p) for p in group]
+        met = (all(off) and ref_mean is not None and None not in a4 and np.mean(a4) >= ref_mean
+               and None not in drops and max(drops) <= 0.03)
+        lines.append(f"| {recipe} | {','.join(str(p['seed']) for p in group)} | {sum(off)}/{len(off)} "
+                     f"| {stat([p['final_eval']['accuracy']['all'] for p in group])} | {stat(a4)} "
+                     f"| {'-' if None in drops else f'{max(drops):.3f}'} | {'met' if met else 'not met'} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
