@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--goal_passes", default="1,2,4,6,8",
                         help="N' over which a recipe's accuracy must not fall (summary)")
+    parser.add_argument("--summary_seeds", action="append", default=[],
+                        help="comma-separated seeds: one more summary over these seeds only "
+                             "(e.g. the held-out ones); repeatable")
     parser.add_argument("--reference", default="fixed N=4",
                         help="the recipe whose mean accuracy at N' = 4 the others must reach")
     args = parser.parse_args()
@@ -76,6 +79,11 @@ def main() -> None:
         print("| " + " | ".join(row) + " |")
     print()
     print(summary(points, majority, args.margin, args.goal_passes, args.reference))
+    for seeds in args.summary_seeds:
+        wanted = {int(x) for x in seeds.split(",")}
+        print(f"\nSeeds {seeds} only:\n")
+        print(summary([p for p in points if p["seed"] in wanted], majority, args.margin,
+                      args.goal_passes, args.reference))
 
 
 def _curve_drop(point: dict, passes: list[int]) -> float | None:

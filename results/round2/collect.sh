@@ -45,9 +45,25 @@ ABL="--config=experiments/rule110.py:cpu --workdir=$R/abl_t2 --sweep=recipes --e
 sweep $ABL --settings=0 --seeds=0,1,2
 sweep $ABL --settings=6 --seeds=0
 sweep $ABL --settings=1 --seeds=0
+#    second session (2026-12-03 14:43-16:55 UTC, same commit b5e7822), two lanes, in this order:
+#      lane A: --settings=6 --seeds=1 (resumed from its step-62 checkpoint), 2, 3, 4;
+#              --settings=0 --seeds=3; --settings=6 --seeds=5 (held out); --settings=0 --seeds=5
+#      lane B: Depo recipe seed 0 (below); --settings=0 --seeds=4; Depo recipe seeds 1, 2;
+#              --settings=6 --seeds=6 (held out); --settings=0 --seeds=6
+#    (the held-out points that had not finished when the session stopped are listed in
+#    results/README.md "Not done"; a finished point is reused by any later command)
+sweep $ABL --settings=6 --seeds=1,2,3,4
+sweep $ABL --settings=0 --seeds=3,4
+sweep $ABL --settings=6,0 --seeds=5,6
 mkdir -p "$H/ablation_t2"
 for d in "$R"/abl_t2/*/; do [ -f "$d/point.json" ] && mkdir -p "$H/ablation_t2/$(basename "$d")" && cp "$d/point.json" "$H/ablation_t2/$(basename "$d")/"; done
-python experiments/analysis/recipe_table.py "$R/abl_t2" --baseline "$R/fig2a_t2" > "$H/ablation_t2/table.md"
+python experiments/analysis/recipe_table.py "$R/abl_t2" --baseline "$R/fig2a_t2" --summary_seeds=0,1,2,3,4 --summary_seeds=5,6 > "$H/ablation_t2/table.md"
+
+# 4b. the stable-training recipe (uniform 1..6 with the curriculum) on Depo tiny, against the
+#     fixed N = 1 / 4 points of step 3; answer loss per k and seed of both sweeps
+sweep --config=experiments/depo.py:tiny --workdir="$R/depo_recipe" --passes=4 --seeds=0,1,2 --eval_passes=1,2,4,8 $DEPO --config.optim.muon_lr=0.02 --config.optim.adam_lr=0.006 --config.sleep.train_passes=uniform:1:6 --config.sleep.passes_warmup_fraction=0.25
+copy depo_recipe depo_recipe
+python experiments/analysis/answer_loss_table.py "$R/fig3_depo" "$R/depo_recipe" > "$H/depo_recipe/answer_loss_per_seed.md"
 
 # Depo diagnosis: residual-stream scale, fast-weight norm and dL/dS per (window, pass)
 for n in 1 2; do
