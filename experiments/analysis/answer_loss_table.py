@@ -13,14 +13,18 @@ import json
 import os
 
 
+_TRAINING_DEFAULTS = {"sleep.train_passes": "fixed", "sleep.backprop_passes": 0,
+                      "sleep.passes_warmup_fraction": 0.0}
+
+
 def _label(point: dict) -> str:
     extra = {k: v for k, v in point["setting"].items() if k != "sleep.passes"}
     label = f"N={point['passes']}"
-    config = point["config"]     # flat: "sleep.train_passes", ...
-    for key in ("sleep.train_passes", "sleep.backprop_passes", "sleep.passes_warmup_fraction"):
-        default = {"sleep.train_passes": "fixed"}.get(key, 0)
-        if key not in extra and config.get(key, default) not in (default, 0.0):
-            extra[key] = config[key]
+    # the training options set with --config.* rather than by the sweep (flat config keys)
+    for key, default in _TRAINING_DEFAULTS.items():
+        value = point["config"].get(key, default)
+        if key not in extra and value != default:
+            extra[key] = value
     return label + "".join(f", {k.split('.')[-1]}={v}" for k, v in extra.items())
 
 

@@ -13,6 +13,8 @@ import glob
 import json
 import os
 
+import numpy as np
+
 
 def _points(workdir: str) -> list[dict]:
     points = []
@@ -67,7 +69,7 @@ def main() -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for p in points:
-        cross = [p["cross_eval"].get(str(n), {}).get("accuracy", {}).get("all") for n in passes]
+        cross = [_accuracy_at(p, n) for n in passes]
         tokens = take_off(p, majority, args.margin)
         adaptive = [p.get("adaptive_eval", {}).get(t) for t in tols]
         row = [_recipe(p), str(p["seed"]), f"{p['final_eval']['accuracy']['all']:.3f}"]
@@ -86,9 +88,14 @@ def main() -> None:
                       args.goal_passes, args.reference))
 
 
+def _accuracy_at(point: dict, passes: int) -> float | None:
+    """The point's accuracy evaluated with ``passes`` sleep passes (None: not evaluated)."""
+    return point["cross_eval"].get(str(passes), {}).get("accuracy", {}).get("all")
+
+
 def _curve_drop(point: dict, passes: list[int]) -> float | None:
     """The largest fall of accuracy from one evaluated N' to the next, over ``passes``."""
-    accs = [point["cross_eval"].get(str(n), {}).get("accuracy", {}).get("all") for n in passes]
+    accs = [_accuracy_at(point, n) for n in passes]
     if any(a is None for a in accs):
         return None
     return max([0.0] + [a - b for a, b in zip(accs, accs[1:])])
@@ -99,16 +106,11 @@ def summary(points: list[dict], majority: float, margin: float, goal_passes: lis
     """Per recipe: seeds that took off, accuracy at its own N and at N' = 4 (mean ± sample std),
     and the largest step-to-step fall of accuracy over ``goal_passes`` (issue 19's goal: every
     seed takes off, N' = 4 at least the reference's mean, no fall above 0.03)."""
-    import numpy as np
-
     by_recipe: dict[str, list[dict]] = {}
     for p in points:
         by_recipe.setdefault(_recipe(p), []).append(p)
 
-    def acc4(p):
-        return p["cross_eval"].get("4", {}).get("accuracy", {}).get("all")
-
-    ref = [acc4(p) for p in by_recipe.get(reference, []) if acc4(p) is not None]
+    ref = [a for a in (_accuracy_at(p, 4) for p in by_recipe.get(reference, [])) if a is not None]
     ref_mean = float(np.mean(ref)) if ref else None
     path = " -> ".join(map(str, goal_passes))
     lines = [f"Per recipe (goal: every seed takes off; acc at N'=4 >= {reference}'s mean"
@@ -126,7 +128,7 @@ def summary(points: list[dict], majority: float, margin: float, goal_passes: lis
     for recipe, group in by_recipe.items():
         off = [take_off(p, majority, margin) is not None for p in group]
         drops = [_curve_drop(p, goal_passes) for p in group]
-        a4 = [acc4(p) for p in group]
+        a4 = [_accuracy_at(p, 4) for p in group]
         met = (all(off) and ref_mean is not None and None not in a4 and np.mean(a4) >= ref_mean
                and None not in drops and max(drops) <= 0.03)
         lines.append(f"| {recipe} | {','.join(str(p['seed']) for p in group)} | {sum(off)}/{len(off)} "
