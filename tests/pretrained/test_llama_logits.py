@@ -196,7 +196,7 @@ def test_retrofit_gdn_blocks_inserted_into_a_loaded_llama(llama_checkpoint):
     sleep = SleepConfig(window=16, passes=2)
     with pytest.raises(ValueError, match="layer_pattern"):
         check_configs(cfg, sleep)
-    cfg = dataclasses.replace(cfg, gdn_heads=2, gdn_head_dim=8, gdn_chunk_size=8)
+    cfg = cfg.replace(gdn_heads=2, gdn_head_dim=8, gdn_chunk_size=8)
     params, cfg = surgery.insert_blocks(params, cfg, positions=(1, 3), kind="g",
                                         rng=jax.random.PRNGKey(0), zero_output=True)
     assert cfg.layer_pattern == "AgAgA"

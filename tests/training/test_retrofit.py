@@ -105,7 +105,7 @@ def _fake_checkpoint(tmp_path, monkeypatch, cfg):
 
 def test_checkpoint_dir_architecture_vocab_and_insertion(tmp_path, monkeypatch):
     source = validate_config(tiny_config()).model
-    source = dataclasses.replace(source, d_model=48, layer_pattern="AGA", dtype="float32")
+    source = source.replace(d_model=48, layer_pattern="AGA", dtype="float32")
     path, params = _fake_checkpoint(tmp_path, monkeypatch, source)
     cfg = tiny_config(init__checkpoint_dir=path, init__insert_gdn_at=(1, 4),
                       init__insert_with_mlp=True, model__dtype="bfloat16",
