@@ -101,6 +101,7 @@ def _first_window_only_tokens():
     return seq
 
 
+@pytest.mark.slow
 def test_backprop_through_all_n_passes_is_todays_gradient_bitwise():
     seq = _first_window_only_tokens()
     ref_loss, ref = _loss_grads(sleep_config(passes=3), seq)
@@ -109,6 +110,7 @@ def test_backprop_through_all_n_passes_is_todays_gradient_bitwise():
     jax.tree.map(np.testing.assert_array_equal, grads, ref)
 
 
+@pytest.mark.slow
 def test_truncation_sends_no_gradient_to_the_earlier_passes():
     """Tokens 9 and 10 occur only in the first (sleeping) window and no loss reads its wake
     pass, so with an untied head their embedding rows get gradient only through the sleep
@@ -125,6 +127,7 @@ def test_truncation_sends_no_gradient_to_the_earlier_passes():
         assert max_rel_err(cut["blocks_1"]["gdn"]["wq"], full["blocks_1"]["gdn"]["wq"]) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [0, 2])
 def test_a_per_step_n_is_one_program_with_the_static_gradients(k):
     """N passed as a traced scalar (``sleep.train_passes``): one compiled program whose loss
@@ -182,6 +185,7 @@ def test_relative_change_is_per_row_and_the_largest_over_layers():
     np.testing.assert_allclose(relative_change(new, old), [0.1, 0.3], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_adaptive_sleep_bounds_and_streaming_agree():
     model_cfg = model_config(layer_pattern="AG")
     params = params_for(model_cfg)

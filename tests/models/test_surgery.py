@@ -77,6 +77,7 @@ def test_old_blocks_preserved_new_blocks_as_init_params(kind):
     assert init_blocks(new_cfg, ["blocks_2"], rng).keys() == {"blocks_2"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", _kinds())
 def test_zero_output_blocks_leave_the_logits_unchanged(kind):
     params = init_params(CFG, jax.random.PRNGKey(0))

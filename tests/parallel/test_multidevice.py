@@ -56,6 +56,7 @@ def _check_recurrence_is_local(name: str, r: dict) -> None:
     assert r["recurrence_loops_with_collectives"] == [], (name, r)
 
 
+@pytest.mark.slow
 def test_train_step_on_meshes_matches_one_device(capfd):
     result = checks.step_on_meshes()
     assert set(result["meshes"]) == {"8x1", "2x4", "2x2x2"}
@@ -150,6 +151,7 @@ def test_checkpoint_restores_across_meshes(tmp_path):
     assert {len(a.sharding.device_set) for a in jax.tree.leaves(on_eight)} == {8}
 
 
+@pytest.mark.slow
 def test_pallas_gated_delta_rule_inside_partitioned_step():
     """The Pallas gated delta rule (interpret mode on CPU) inside the partitioned step."""
     # One sleeping window + one token and 2 passes: interpret-mode Pallas is slow on CPU.

@@ -18,7 +18,9 @@ import pytest
 from support.multiprocess import Job, eval_history, logged_losses
 from support.training import write_tiny_config_file
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+# One worker runs the module (its jobs share one compilation cache).
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow,
+              pytest.mark.xdist_group("test_multiprocess")]
 
 STEPS = 40
 RUN = {"train__steps": STEPS, "train__checkpoint_every": 10, "train__keep_checkpoints": 20,

@@ -20,6 +20,9 @@ from sleepjax.models import SleepConfig
 from sleepjax.pretrained import hf_config_from_model, load_pretrained, model_config_from_hf, save_pretrained
 from tiny_qwen import REL_TOL, VOCAB, checkpoint_builder, perturb, reference_logits, rel_err, sleepjax_logits, tokens
 
+# One worker runs the module (the tiny Llama checkpoint is written once).
+pytestmark = pytest.mark.xdist_group("test_llama_logits")
+
 CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
            "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
 

@@ -22,6 +22,9 @@ from sleepjax.models import ModelConfig, init_params
 from sleepjax.pretrained import load_pretrained, load_tokenizer, save_pretrained
 from support.training import REPO, write_tiny_config_file
 
+# One worker runs the module (the good checkpoint its tests damage is written once).
+pytestmark = pytest.mark.xdist_group("test_loader_hygiene")
+
 TENSOR = "model.layers.0.mlp.up_proj.weight"
 SOURCE = ModelConfig(vocab_size=64, d_model=32, layer_pattern="AA", attn_heads=2,
                      attn_head_dim=16, mlp_hidden=64)

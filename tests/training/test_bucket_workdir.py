@@ -25,6 +25,9 @@ from sleepjax.training.workdir_lock import WorkdirBusyError, WorkdirLock
 from support.fake_gcs import BUCKET, bucket_files, fake_gcs
 from support.training import REPO, tiny_config, write_tiny_config_file
 
+# One worker runs the module (one local GCS stand-in and one compilation cache serve it).
+pytestmark = pytest.mark.xdist_group("test_bucket_workdir")
+
 RUN = {"train__steps": 40, "train__checkpoint_every": 5, "train__eval_every": 5}
 LEASE_S = 3.0
 

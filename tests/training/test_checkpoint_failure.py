@@ -47,6 +47,7 @@ PATTERN = (rf"checkpoint step {FAILING_STEP} could not be written: No space left
            r"in (?P<log>\S+)$")
 
 
+@pytest.mark.slow
 def test_a_failed_background_save_stops_the_run_at_the_next_step(compilation_cache_dir,
                                                                  tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")

@@ -20,6 +20,7 @@ class _Killed(Exception):
     """Stands in for the process being killed between two steps."""
 
 
+@pytest.mark.slow
 def test_resume_outputs_and_refusal(compilation_cache_dir, tmp_path):
     """One test (one compilation): straight run, killed run + resumption, outputs, refusal."""
     cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=6)
@@ -70,6 +71,7 @@ def test_resume_outputs_and_refusal(compilation_cache_dir, tmp_path):
     assert "train.eval_every" not in message
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(compilation_cache_dir, tmp_path):
     # A huge learning rate makes the second step's loss non-finite.
     cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=1, optim__muon_lr=1e30,

@@ -12,6 +12,7 @@ import pytest
 from support.training import REPO, RULE110
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["sleepjax.train", "sleepjax.sweep"])
 def test_workdir_and_positional_errors_are_one_line(module, tmp_path):
     a_file = tmp_path / "a_file"

@@ -103,6 +103,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_model_loss_equals_full_logits_loss_and_gradients(case):
     model_over, sleep_over, layout, chunk = CASES[case]
@@ -154,6 +155,7 @@ def test_eval_step_equals_full_logits_at_answer_positions():
     assert float(new_eval["answer_tokens"]) == float(mask.sum())
 
 
+@pytest.mark.slow
 def test_train_step_unchanged_and_no_answer_batch_is_zero():
     """One optimizer step: same metrics and parameters as the full-logits step; a batch with
     no answer token has loss 0 and zero gradients under both."""
@@ -210,6 +212,7 @@ def _grad_temp_bytes(model_cfg, sleep_cfg, bsz, seq, full, chunk):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_training_temp_memory_does_not_scale_with_vocab_times_length():
     """Compiled loss + gradient of a small model with a big vocabulary: the full-logits loss
     holds ``[B, T, V]`` float32 logits (and their gradient); the gathered loss stays below a

@@ -28,6 +28,9 @@ from sleepjax.data.layout import evicted_fraction
 from support.gsm_infinite import long_row, published_row, write_jsonl, write_tokenizer
 from support.training import REPO
 
+# One worker runs the module (its pretrained sources and the tiny recipe run are built once).
+pytestmark = pytest.mark.xdist_group("test_gsm_retrofit")
+
 RECIPE = os.path.join(REPO, "experiments", "gsm_retrofit.py")
 PADDED_HEAD = 5        # checkpoint heads are often padded beyond their tokenizer (Qwen3.5: 248320)
 # prompts of 2004..3289 tokens (11 per filler sentence), ops 1..4 (1-op rows are outside 2..8)

@@ -21,6 +21,7 @@ from support.training import REPO, RULE110, TINY_OVERRIDES, tiny_config
 STEPS = 12
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end_and_cli(compilation_cache_dir, tmp_path, monkeypatch):
     """Two N x two seeds, each evaluated at N' in {1, 2} (compilations shared through the cache)."""
     workdir = str(tmp_path / "sweep")

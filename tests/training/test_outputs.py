@@ -25,6 +25,9 @@ from sleepjax.training.trainer import train_and_evaluate
 
 from support.training import enable_compilation_cache, tiny_config
 
+# One worker runs the module (the run its tests read trains once).
+pytestmark = pytest.mark.xdist_group("test_outputs")
+
 STEPS = 2
 HOST_FILES = {"config.json", "config.txt", "tensorboard", "train_log.jsonl", "eval.json",
               "workdir.lock"}

@@ -27,6 +27,7 @@ def _logged_passes(workdir):
         return [json.loads(line)["sleep_passes"] for line in f]
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_ramp_resumes_with_the_same_n_sequence(compilation_cache_dir, tmp_path):
     cfg = tiny_config(train__steps=STEPS, train__checkpoint_every=3, sleep__passes=3,
                       sleep__train_passes="uniform:1:4", sleep__passes_warmup_fraction=0.5,

@@ -24,6 +24,9 @@ from sleepjax.training.workdir_lock import WorkdirBusyError, WorkdirLock
 
 from support.training import REPO, tiny_config
 
+# One worker runs the module (the finished run its tests copy trains once).
+pytestmark = pytest.mark.xdist_group("test_reliability")
+
 RUN = {"train__steps": 8, "train__checkpoint_every": 4, "train__eval_every": 4}
 
 

@@ -21,6 +21,9 @@ from sleepjax.training.trainer import train_and_evaluate
 
 from support.training import tiny_config
 
+# One worker runs the module (the first run its retrofits start from trains once).
+pytestmark = pytest.mark.xdist_group("test_retrofit")
+
 STEPS = 3
 RUN = {"train__steps": STEPS, "train__checkpoint_every": 0, "train__eval_examples": 16,
        "optim__warmup_fraction": 0.0}

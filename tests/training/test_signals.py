@@ -24,6 +24,9 @@ from sleepjax.training.trainer import train_and_evaluate
 from support.training import (REPO, enable_compilation_cache, tensorboard_records, tiny_config,
                                write_tiny_config_file)
 
+# One worker runs the module (its runs share one compilation cache).
+pytestmark = pytest.mark.xdist_group("test_signals")
+
 # Long enough that a signal sent once checkpoint 5 is on disk arrives well before the end.
 RUN = {"train__steps": 40, "train__checkpoint_every": 5, "train__eval_every": 5}
 TRAIN_TAGS = ("train/loss", "train/grad_norm", "train/token_accuracy", "lr/muon", "lr/adamw",
