@@ -80,21 +80,6 @@ _CACHE = flags.DEFINE_string("compilation_cache_dir", None, cli.COMPILATION_CACH
 POINT_FILE = "point.json"
 
 
-def parse_ints(flag: str, texts: Sequence[str], minimum: int) -> list[int]:
-    values = []
-    for text in texts:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"--{flag}: expected comma-separated ints (got {text!r})") from None
-        if value < minimum:
-            raise ValueError(f"--{flag}: every value must be >= {minimum} (got {value})")
-        values.append(value)
-    if len(set(values)) != len(values):
-        raise ValueError(f"--{flag}: values repeat (got {values})")
-    return values
-
-
 def _config_module(config_path: str | None):
     return load_config_module(config_path.partition(":")[0]) if config_path else None
 
@@ -106,7 +91,7 @@ def sweep_points(config_path: str | None, passes: Sequence[str] | None,
     if passes:
         if name:
             raise ValueError("--sweep: give either --sweep or --passes")
-        return [{"sleep.passes": n} for n in parse_ints("passes", passes, 1)]
+        return [{"sleep.passes": n} for n in cli.parse_list_flag("passes", passes, int, minimum=1)]
     module = _config_module(config_path)
     if module is None or not hasattr(module, "get_sweep"):
         raise ValueError(f"--config: {config_path} has no get_sweep(); pass --passes")
@@ -117,32 +102,17 @@ def select_settings(settings: Sequence[Mapping], indices: Sequence[str] | None) 
     """The settings at ``indices`` (``--settings``), in that order; all when none are given."""
     if not indices:
         return list(settings)
-    chosen = parse_ints("settings", indices, 0)
+    chosen = cli.parse_list_flag("settings", indices, int)
     if max(chosen) >= len(settings):
         raise ValueError(f"--settings: the sweep has {len(settings)} settings (indices 0.."
                          f"{len(settings) - 1}); got {max(chosen)}")
     return [settings[i] for i in chosen]
 
 
-def parse_tolerances(texts: Sequence[str]) -> list[float]:
-    tols = []
-    for text in texts:
-        try:
-            tol = float(text)
-        except ValueError:
-            raise ValueError(f"--eval_adaptive_tols: expected comma-separated numbers (got "
-                             f"{text!r})") from None
-        if not 0 < tol < float("inf"):
-            raise ValueError(f"--eval_adaptive_tols: every tolerance must be a positive finite "
-                             f"number (got {text!r})")
-        tols.append(tol)
-    return tols
-
-
 def sweep_seeds(config_path: str | None, seeds: Sequence[str] | None, cfg) -> list[int]:
     """``--seeds`` if given, else the config file's ``get_seeds()``, else ``[train.seed]``."""
     if seeds:
-        return parse_ints("seeds", seeds, 0)
+        return cli.parse_list_flag("seeds", seeds, int)
     module = _config_module(config_path)
     if module is not None and hasattr(module, "get_seeds"):
         return [int(s) for s in module.get_seeds()]
@@ -281,10 +251,11 @@ def _sweep_and_report() -> int:
     if _EVAL_PASSES.value == ["none"]:
         eval_passes = []
     elif _EVAL_PASSES.value:
-        eval_passes = parse_ints("eval_passes", _EVAL_PASSES.value, 1)
+        eval_passes = cli.parse_list_flag("eval_passes", _EVAL_PASSES.value, int, minimum=1)
     else:
         eval_passes = default_eval_passes(settings, _CONFIG.value)
-    tols = parse_tolerances(_EVAL_ADAPTIVE.value) if _EVAL_ADAPTIVE.value else []
+    tols = cli.parse_list_flag("eval_adaptive_tols", _EVAL_ADAPTIVE.value, float,
+                                        strictly=True, noun="tolerance") if _EVAL_ADAPTIVE.value else []
     cap = _ADAPTIVE_CAP.value or (max(eval_passes) if eval_passes else None)
     if cap is not None and cap < 1:
         raise ValueError(f"--adaptive_cap: must be an int >= 1 (got {cap})")

@@ -8,9 +8,10 @@ written, non-finite training), printed as
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Sequence
 
 from absl import flags
 from absl import logging as absl_logging
@@ -50,6 +51,28 @@ def enable_compilation_cache(path: str | None) -> str | None:
     path = path or default_compilation_cache_dir()
     jax.config.update("jax_compilation_cache_dir", path)
     return path
+
+
+def parse_list_flag(flag: str, texts: Sequence[str], convert: type, minimum: float = 0,
+                    strictly: bool = False, noun: str = "value") -> list:
+    """``--flag=a,b,...`` -> ``[convert(a), convert(b), ...]``, each finite and at least
+    ``minimum`` (above it when ``strictly``), none repeated; anything else is a one-line
+    ``ValueError`` naming the flag."""
+    kind = "ints" if convert is int else "numbers"
+    bound = f"> {minimum:g}" if strictly else f">= {minimum:g}"
+    requirement = bound if convert is int else f"a finite number {bound}"
+    values = []
+    for text in texts:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise ValueError(f"--{flag}: expected comma-separated {kind} (got {text!r})") from None
+        if not math.isfinite(value) or value < minimum or (strictly and value == minimum):
+            raise ValueError(f"--{flag}: every {noun} must be {requirement} (got {text!r})")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise ValueError(f"--{flag}: {noun}s repeat (got {values})")
+    return values
 
 
 def fail(message: str) -> NoReturn:

@@ -17,21 +17,14 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from sleepjax.training import cli
+
 CRITERIA = ("accuracy", "answer_loss")
 
 
 def parse_rates(texts: Sequence[str]) -> list[float]:
-    rates = []
-    for text in texts:
-        try:
-            rate = float(text)
-        except ValueError:
-            raise ValueError(f"--lr_grid: expected comma-separated numbers (got {text!r})") from None
-        if not (rate > 0 and math.isfinite(rate)):
-            raise ValueError(f"--lr_grid: every rate must be a positive finite number (got {text!r})")
-        rates.append(rate)
-    if len(set(rates)) != len(rates):
-        raise ValueError(f"--lr_grid: rates repeat (got {rates})")
+    """``--lr_grid``'s Muon rates, sorted: positive, distinct, at least two."""
+    rates = cli.parse_list_flag("lr_grid", texts, float, strictly=True, noun="rate")
     if len(rates) < 2:
         raise ValueError(f"--lr_grid: a grid needs at least 2 rates (got {rates})")
     return sorted(rates)
