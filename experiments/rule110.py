@@ -61,11 +61,7 @@ def get_sweep(name: str | None = None):
     N = 4 (truncated backprop, random N, the curriculum; see
     :func:`sleepjax.training.experiment_files.stable_training_recipes`).
     """
-    if name == "recipes":
-        return common.stable_training_recipes(passes=4)
-    if name is not None:
-        raise ValueError(f"--sweep: unknown sweep {name!r}; known: 'recipes'")
-    return common.passes_sweep((1, 2, 3, 4))
+    return common.named_sweep(name, passes=(1, 2, 3, 4), recipe_passes=4)
 
 
 def get_seeds():

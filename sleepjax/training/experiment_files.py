@@ -25,6 +25,16 @@ def passes_sweep(values) -> list[dict[str, Any]]:
     return [{"sleep.passes": int(n)} for n in values]
 
 
+def named_sweep(name: str | None, passes, recipe_passes: int = 4) -> list[dict[str, Any]]:
+    """A config file's ``get_sweep(name)``: the sweep over N in ``passes`` by default,
+    ``"recipes"`` the stable-training recipes against fixed N = ``recipe_passes``."""
+    if name == "recipes":
+        return stable_training_recipes(passes=recipe_passes)
+    if name is not None:
+        raise ValueError(f"--sweep: unknown sweep {name!r}; known: 'recipes'")
+    return passes_sweep(passes)
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]
                     ) -> ml_collections.ConfigDict:
     """A copy of ``cfg`` with dotted-key ``overrides`` applied (``{"sleep.passes": 2}``).
