@@ -55,6 +55,10 @@ sweep $ABL --settings=1 --seeds=0
 sweep $ABL --settings=6 --seeds=1,2,3,4
 sweep $ABL --settings=0 --seeds=3,4
 sweep $ABL --settings=6,0 --seeds=5,6
+#    third session (2026-12-03 17:49 UTC on, same commit b5e7822), two lanes: lane A the fixed
+#    law with the curriculum (setting 5), lane B the uniform law without it (setting 3), seeds 0-4
+sweep $ABL --settings=5 --seeds=0,1,2,3,4
+sweep $ABL --settings=3 --seeds=0,1,2,3,4
 mkdir -p "$H/ablation_t2"
 for d in "$R"/abl_t2/*/; do [ -f "$d/point.json" ] && mkdir -p "$H/ablation_t2/$(basename "$d")" && cp "$d/point.json" "$H/ablation_t2/$(basename "$d")/"; done
 python experiments/analysis/recipe_table.py "$R/abl_t2" --baseline "$R/fig2a_t2" --summary_seeds=0,1,2,3,4 --summary_seeds=5,6 > "$H/ablation_t2/table.md"
