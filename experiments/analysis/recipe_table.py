@@ -28,9 +28,10 @@ def _points(workdir: str) -> list[dict]:
 
 def _recipe(point: dict) -> str:
     setting = {k: v for k, v in point["setting"].items() if k != "sleep.passes"}
-    if not setting:
-        return f"fixed N={point['passes']}"
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in setting.items())
+    parts = [f"{k.split('.')[-1]}={v}" for k, v in setting.items()]
+    if "sleep.train_passes" not in setting:      # the fixed law: say so, and its N
+        parts.insert(0, f"fixed N={point['passes']}")
+    return ", ".join(parts)
 
 
 def take_off(point: dict, majority: float, margin: float):

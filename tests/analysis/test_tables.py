@@ -39,6 +39,10 @@ def test_summary_checks_take_off_reference_and_the_fall_over_n():
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "| 2/2 | 0.900 ± 0.000 | 0.900 ± 0.000 | 0.100 | not met |" in rows["fixed N=4"]
     assert rows["train_passes=uniform:1:6"].endswith("| 0.950 ± 0.000 | 0.010 | met |")
+    # the fixed law with other keys is named as fixed, with its N
+    ramped = _point(0, {"sleep.passes": 4, "sleep.passes_warmup_fraction": 0.25}, flat, [0.1, 0.9])
+    text = recipe_table.summary(points + [ramped], 0.1, 0.05, [1, 2, 4, 6, 8], "fixed N=4")
+    assert "| fixed N=4, passes_warmup_fraction=0.25 | 0 | 1/1 |" in text
     # one seed that never leaves the floor fails the goal
     stuck = _point(2, rand, flat, [0.1, 0.12])
     text = recipe_table.summary(points + [stuck], 0.1, 0.05, [1, 2, 4, 6, 8], "fixed N=4")
