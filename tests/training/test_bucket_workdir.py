@@ -28,7 +28,8 @@ from support.training import REPO, tiny_config, write_tiny_config_file
 # One worker runs the module (one local GCS stand-in and one compilation cache serve it).
 pytestmark = pytest.mark.xdist_group("test_bucket_workdir")
 
-RUN = {"train__steps": 40, "train__checkpoint_every": 5, "train__eval_every": 5}
+STEPS = 25
+RUN = {"train__steps": STEPS, "train__checkpoint_every": 5, "train__eval_every": 5}
 LEASE_S = 3.0
 
 
@@ -82,14 +83,14 @@ def test_train_kill_resume_and_sweep_in_a_bucket(gcs_env, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         result = train_and_evaluate(cfg, workdir)
     assert "taking over the lease" in caplog.text
-    assert result["start_step"] >= 5 and result["final_eval"]["step"] == 40
-    assert _logged_steps(workdir) == list(range(1, 41))
+    assert result["start_step"] >= 5 and result["final_eval"]["step"] == STEPS
+    assert _logged_steps(workdir) == list(range(1, STEPS + 1))
     history = json.loads((paths.as_path(workdir) / "eval.json").read_text())["history"]
-    assert [h["step"] for h in history] == list(range(5, 41, 5))
+    assert [h["step"] for h in history] == list(range(5, STEPS + 1, 5))
     files = bucket_files("runs/r110")
-    assert {"config.json", "config.txt", "checkpoints/40/checksums.json"} <= set(files)
+    assert {"config.json", "config.txt", f"checkpoints/{STEPS}/checksums.json"} <= set(files)
     loaded = load_params(workdir)
-    assert loaded.step == 40
+    assert loaded.step == STEPS
     np.testing.assert_array_equal(np.asarray(loaded.params["embed"]["embedding"]),
                                   np.asarray(result["params"]["embed"]["embedding"]))
 
