@@ -59,6 +59,11 @@ sweep $ABL --settings=6,0 --seeds=5,6
 #    law with the curriculum (setting 5), lane B the uniform law without it (setting 3), seeds 0-4
 sweep $ABL --settings=5 --seeds=0,1,2,3,4
 sweep $ABL --settings=3 --seeds=0,1,2,3,4
+#      then the held-out seeds of the fixed law with the curriculum, one per lane (setting 3's
+#      held-out seeds were not run)
+sweep $ABL --settings=5 --seeds=5,6
+sweep $ABL --settings=0,5,6 --seeds=0,1,2,3,4,5,6    # the plots and accuracy_vs_passes.{md,json}
+cp "$R"/abl_t2/accuracy_vs_passes.{md,json} "$R"/abl_t2/*.png "$H/ablation_t2/"
 mkdir -p "$H/ablation_t2"
 for d in "$R"/abl_t2/*/; do [ -f "$d/point.json" ] && mkdir -p "$H/ablation_t2/$(basename "$d")" && cp "$d/point.json" "$H/ablation_t2/$(basename "$d")/"; done
 python experiments/analysis/recipe_table.py "$R/abl_t2" --baseline "$R/fig2a_t2" --summary_seeds=0,1,2,3,4 --summary_seeds=5,6 > "$H/ablation_t2/table.md"
