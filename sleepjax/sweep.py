@@ -254,8 +254,8 @@ def _sweep_and_report() -> int:
         eval_passes = cli.parse_list_flag("eval_passes", _EVAL_PASSES.value, int, minimum=1)
     else:
         eval_passes = default_eval_passes(settings, _CONFIG.value)
-    tols = cli.parse_list_flag("eval_adaptive_tols", _EVAL_ADAPTIVE.value, float,
-                                        strictly=True, noun="tolerance") if _EVAL_ADAPTIVE.value else []
+    tols = (cli.parse_list_flag("eval_adaptive_tols", _EVAL_ADAPTIVE.value, float, strictly=True,
+                                noun="tolerance") if _EVAL_ADAPTIVE.value else [])
     cap = _ADAPTIVE_CAP.value or (max(eval_passes) if eval_passes else None)
     if cap is not None and cap < 1:
         raise ValueError(f"--adaptive_cap: must be an int >= 1 (got {cap})")
