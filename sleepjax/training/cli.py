@@ -67,7 +67,7 @@ def parse_list_flag(flag: str, texts: Sequence[str], convert: type, minimum: flo
             value = convert(text)
         except ValueError:
             raise ValueError(f"--{flag}: expected comma-separated {kind} (got {text!r})") from None
-        if not math.isfinite(value) or value < minimum or (strictly and value == minimum):
+        if not math.isfinite(value) or (value <= minimum if strictly else value < minimum):
             raise ValueError(f"--{flag}: every {noun} must be {requirement} (got {text!r})")
         values.append(value)
     if len(set(values)) != len(values):

@@ -22,8 +22,9 @@ from support.training import write_tiny_config_file
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow,
               pytest.mark.xdist_group("test_multiprocess")]
 
-STEPS = 24    # a resume from step 10 (or a SIGTERM near step 3) is compared over 8 steps and the
-              # evaluation at step 20
+# A resume from step 10 (or a SIGTERM near step 3) is compared over 8 steps and the evaluation
+# at step 20, all inside the run.
+STEPS = 24
 RUN = {"train__steps": STEPS, "train__checkpoint_every": 10, "train__keep_checkpoints": 20,
        "train__eval_every": 10, "train__log_every": 1}
 # Compared after a resume: float rounding that differs between 2 x 2 and 1 x 4 devices (the
