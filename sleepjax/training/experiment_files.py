@@ -83,11 +83,14 @@ def stable_training_recipes(passes: int = 4, warmup_fraction: float = 0.25) -> l
     truncated backprop through the last 1 or 2 passes, a random N per step (uniform 1..6, and
     Huginn's Poisson-lognormal law with mean ``passes`` capped at 2 * ``passes``), and the
     curriculum (N ramped up from 1 over ``warmup_fraction`` of the steps) of the fixed and
-    random laws."""
+    random laws, and last the curriculum of uniform 3..6."""
     base = {"sleep.passes": int(passes)}
     uniform = {"sleep.train_passes": "uniform:1:6"}
     poisson = {"sleep.train_passes": f"poisson_lognormal:{passes}:{2 * passes}"}
     ramp = {"sleep.passes_warmup_fraction": float(warmup_fraction)}
+    # Appended last so that earlier settings keep their --settings index: the curriculum with a
+    # uniform law that never draws N < 3 once ramped (random N without N = 1 and 2 after it).
+    uniform_from_3 = {"sleep.train_passes": "uniform:3:6"}
     recipes = [{}, {"sleep.backprop_passes": 1}, {"sleep.backprop_passes": 2}, uniform, poisson,
-               ramp, {**uniform, **ramp}, {**poisson, **ramp}]
+               ramp, {**uniform, **ramp}, {**poisson, **ramp}, {**uniform_from_3, **ramp}]
     return [{**base, **recipe} for recipe in recipes]
